@@ -1,0 +1,207 @@
+//! Appending a command's events: one statement that moves the stream version and inserts.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::types::Json;
+use uuid::Uuid;
+
+use crate::{
+    AppendOutcome, Cursor, EventStore, Metadata, NewEvent, StoreError, StoredEvent, StreamId,
+};
+
+/// First append of a stream: create the stream row; a concurrent creator makes this a no-op
+/// (ON CONFLICT waits for it), so the loser inserts no events and burns no positions.
+const APPEND_NEW_STREAM: &str = r#"
+WITH bump AS (
+    INSERT INTO streams (aggregate_type, aggregate_id, version)
+    VALUES ($1, $2, $4)
+    ON CONFLICT (aggregate_type, aggregate_id) DO NOTHING
+    RETURNING 1
+)
+INSERT INTO events (event_id, aggregate_type, aggregate_id, sequence,
+                    event_type, event_version, payload, metadata)
+SELECT e.event_id, $1, $2, $3 + e.ord, e.event_type, e.event_version, e.payload, e.metadata
+  FROM unnest($5::uuid[], $6::text[], $7::text[], $8::jsonb[], $9::jsonb[]) WITH ORDINALITY
+       AS e(event_id, event_type, event_version, payload, metadata, ord)
+ WHERE EXISTS (SELECT 1 FROM bump)
+ ORDER BY e.ord
+RETURNING global_position, transaction_id, event_id, sequence, recorded_at
+"#;
+
+/// Later appends: the UPDATE takes the stream's row lock, so concurrent writers of one stream
+/// queue here and all but the first find `version <> expected` after the wait.
+const APPEND_EXISTING_STREAM: &str = r#"
+WITH bump AS (
+    UPDATE streams SET version = $4
+     WHERE aggregate_type = $1 AND aggregate_id = $2 AND version = $3
+    RETURNING 1
+)
+INSERT INTO events (event_id, aggregate_type, aggregate_id, sequence,
+                    event_type, event_version, payload, metadata)
+SELECT e.event_id, $1, $2, $3 + e.ord, e.event_type, e.event_version, e.payload, e.metadata
+  FROM unnest($5::uuid[], $6::text[], $7::text[], $8::jsonb[], $9::jsonb[]) WITH ORDINALITY
+       AS e(event_id, event_type, event_version, payload, metadata, ord)
+ WHERE EXISTS (SELECT 1 FROM bump)
+ ORDER BY e.ord
+RETURNING global_position, transaction_id, event_id, sequence, recorded_at
+"#;
+
+type AppendedRow = (i64, i64, Uuid, i64, DateTime<Utc>);
+
+impl EventStore {
+    /// Appends `events` to `stream`, which must be at `expected_version` (0 for a stream
+    /// that does not exist yet). All events commit together or not at all.
+    ///
+    /// Retrying the same call (same event ids) after an unknown outcome returns the original
+    /// result. A different append that lost the race gets [`StoreError::Conflict`].
+    pub async fn append(
+        &self,
+        stream: &StreamId,
+        expected_version: u64,
+        events: &[NewEvent],
+    ) -> Result<AppendOutcome, StoreError> {
+        if events.is_empty() {
+            return Ok(AppendOutcome {
+                version: expected_version,
+                events: Vec::new(),
+            });
+        }
+        let expected = to_i64(expected_version);
+        let new_version = expected + events.len() as i64;
+        let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+        let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+        let versions: Vec<&str> = events.iter().map(|e| e.event_version.as_str()).collect();
+        let payloads: Vec<&Value> = events.iter().map(|e| &e.payload).collect();
+        let metadata: Vec<Json<&Metadata>> = events.iter().map(|e| Json(&e.metadata)).collect();
+
+        let sql = if expected == 0 {
+            APPEND_NEW_STREAM
+        } else {
+            APPEND_EXISTING_STREAM
+        };
+        let result = sqlx::query_as::<_, AppendedRow>(sql)
+            .bind(&stream.aggregate_type)
+            .bind(&stream.aggregate_id)
+            .bind(expected)
+            .bind(new_version)
+            .bind(&ids)
+            .bind(&types)
+            .bind(&versions)
+            .bind(&payloads)
+            .bind(&metadata)
+            .fetch_all(&self.pool)
+            .await;
+        let rows = match result {
+            Ok(rows) => rows,
+            Err(sqlx::Error::Database(db)) if db.constraint() == Some("events_event_id_key") => {
+                return self
+                    .idempotent_outcome(stream, expected_version, events)
+                    .await;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if rows.is_empty() {
+            return self
+                .idempotent_outcome(stream, expected_version, events)
+                .await;
+        }
+        self.notify_appended();
+        Ok(AppendOutcome {
+            version: new_version as u64,
+            events: stored(stream, events, rows)?,
+        })
+    }
+
+    /// The append inserted nothing. Either it is a retry of an append that already committed
+    /// (every event id present, at the same versions) or it lost the race.
+    async fn idempotent_outcome(
+        &self,
+        stream: &StreamId,
+        expected_version: u64,
+        events: &[NewEvent],
+    ) -> Result<AppendOutcome, StoreError> {
+        let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+        let rows = sqlx::query_as::<_, AppendedRow>(
+            "SELECT global_position, transaction_id, event_id, sequence, recorded_at
+               FROM events
+              WHERE event_id = ANY($1) AND aggregate_type = $2 AND aggregate_id = $3
+              ORDER BY sequence",
+        )
+        .bind(&ids)
+        .bind(&stream.aggregate_type)
+        .bind(&stream.aggregate_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let same_append = rows.len() == events.len()
+            && rows
+                .iter()
+                .zip(1..)
+                .all(|(row, i)| row.3 == to_i64(expected_version) + i);
+        if same_append {
+            return Ok(AppendOutcome {
+                version: expected_version + events.len() as u64,
+                events: stored(stream, events, rows)?,
+            });
+        }
+        if !rows.is_empty() {
+            return Err(StoreError::DuplicateEventId);
+        }
+        let actual = self.stream_version(stream).await?;
+        if actual == expected_version {
+            // The version matched but nothing was inserted: the ids are used by another stream.
+            return Err(StoreError::DuplicateEventId);
+        }
+        Err(StoreError::Conflict {
+            stream: stream.clone(),
+            expected: expected_version,
+            actual,
+        })
+    }
+
+    /// The current version of a stream (0 when it has no events).
+    pub async fn stream_version(&self, stream: &StreamId) -> Result<u64, StoreError> {
+        let version: Option<i64> = sqlx::query_scalar(
+            "SELECT version FROM streams WHERE aggregate_type = $1 AND aggregate_id = $2",
+        )
+        .bind(&stream.aggregate_type)
+        .bind(&stream.aggregate_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(version.unwrap_or(0) as u64)
+    }
+}
+
+fn stored(
+    stream: &StreamId,
+    events: &[NewEvent],
+    mut rows: Vec<AppendedRow>,
+) -> Result<Vec<StoredEvent>, StoreError> {
+    rows.sort_by_key(|r| r.3);
+    events
+        .iter()
+        .zip(rows)
+        .map(|(event, (position, tx, id, sequence, recorded_at))| {
+            if id != event.event_id {
+                return Err(StoreError::Decode(format!(
+                    "append returned event {id} where {} was expected",
+                    event.event_id
+                )));
+            }
+            Ok(StoredEvent {
+                cursor: Cursor::new(tx, position),
+                event_id: id,
+                stream: stream.clone(),
+                sequence: sequence as u64,
+                event_type: event.event_type.clone(),
+                event_version: event.event_version.clone(),
+                payload: event.payload.clone(),
+                metadata: event.metadata.clone(),
+                recorded_at,
+            })
+        })
+        .collect()
+}
+
+fn to_i64(version: u64) -> i64 {
+    i64::try_from(version).expect("stream versions stay far below i64::MAX")
+}
