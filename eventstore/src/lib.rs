@@ -31,7 +31,7 @@ pub use cursor::{Cursor, CursorParseError};
 pub use error::StoreError;
 pub use event::{AppendOutcome, Metadata, NewEvent, StoredEvent, StreamId};
 pub use read::{FenceStatus, read_page};
-pub use subscribe::Subscription;
+pub use subscribe::{AppendWatcher, Subscription};
 
 use std::sync::Arc;
 use std::time::Duration;

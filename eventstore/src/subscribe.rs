@@ -14,8 +14,29 @@ pub struct Subscription {
     store: EventStore,
     cursor: Cursor,
     page_size: i64,
+    watcher: AppendWatcher,
+}
+
+/// Waits for "maybe there is something new": an append through this process's store, or the
+/// poll interval passing. A hint only; the reader always re-reads the table.
+pub struct AppendWatcher {
     appended: watch::Receiver<u64>,
     poll_interval: Duration,
+}
+
+impl AppendWatcher {
+    /// Forget earlier signals. Call *before* reading, so that an append landing between the
+    /// read and [`AppendWatcher::wait`] still wakes the waiter.
+    pub fn mark_seen(&mut self) {
+        self.appended.borrow_and_update();
+    }
+
+    pub async fn wait(&mut self) {
+        tokio::select! {
+            _ = self.appended.changed() => {}
+            _ = tokio::time::sleep(self.poll_interval) => {}
+        }
+    }
 }
 
 impl EventStore {
@@ -24,6 +45,12 @@ impl EventStore {
             store: self.clone(),
             cursor: from,
             page_size: page_size.max(1),
+            watcher: self.watcher(),
+        }
+    }
+
+    pub fn watcher(&self) -> AppendWatcher {
+        AppendWatcher {
             appended: self.inner.appended.subscribe(),
             poll_interval: self.inner.poll_interval,
         }
@@ -39,18 +66,13 @@ impl Subscription {
     /// The next non-empty page of events; waits until there is one.
     pub async fn next_batch(&mut self) -> Result<Vec<StoredEvent>, StoreError> {
         loop {
-            // Mark the signal seen *before* reading, so an append that lands between the read
-            // and the wait still wakes us.
-            self.appended.borrow_and_update();
+            self.watcher.mark_seen();
             let page = self.store.read_page(self.cursor, self.page_size).await?;
             if let Some(last) = page.last() {
                 self.cursor = last.cursor;
                 return Ok(page);
             }
-            tokio::select! {
-                _ = self.appended.changed() => {}
-                _ = tokio::time::sleep(self.poll_interval) => {}
-            }
+            self.watcher.wait().await;
         }
     }
 

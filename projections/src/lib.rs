@@ -1,1 +1,14 @@
-//! placeholder
+//! Read models and the machinery that keeps them up to date.
+//!
+//! A [`Projection`] turns pages of events into SQL writes. The [`runner`] feeds it: one
+//! leader per projection across all gateway instances (a session advisory lock on a
+//! dedicated connection), the checkpoint written in the same transaction as the read-model
+//! rows (exactly-once effects), and a handler error stops the projection loudly instead of
+//! skipping the event. [`ProjectionHandle::wait_for`] gives HTTP handlers read-your-writes.
+
+pub mod runner;
+
+pub use runner::{
+    BoxFuture, Projection, ProjectionError, ProjectionHandle, ProjectionState, ProjectionStatus,
+    RunnerConfig, WaitError, spawn,
+};
