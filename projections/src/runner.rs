@@ -250,15 +250,18 @@ impl Runner {
             };
             match end {
                 TermEnd::Shutdown => {
-                    self.status.send_modify(|s| s.state = ProjectionState::Stopped);
+                    self.status
+                        .send_modify(|s| s.state = ProjectionState::Stopped);
                     return;
                 }
                 TermEnd::Failed => return,
                 TermEnd::ConnectionLost(e) => {
                     tracing::warn!(projection = name, error = %e, "projection lost its connection; will retry");
-                    self.status.send_modify(|s| s.state = ProjectionState::Standby);
+                    self.status
+                        .send_modify(|s| s.state = ProjectionState::Standby);
                     if self.sleep_or_shutdown(self.config.reconnect_delay).await {
-                        self.status.send_modify(|s| s.state = ProjectionState::Stopped);
+                        self.status
+                            .send_modify(|s| s.state = ProjectionState::Stopped);
                         return;
                     }
                 }
@@ -359,9 +362,14 @@ impl Runner {
             if moved.rows_affected() != 1 {
                 // Someone else moved our checkpoint: we are not the only writer after all.
                 // Never commit on top of it; start a new term from the stored checkpoint.
-                tracing::error!(projection = name, "checkpoint moved under the leader; restarting term");
+                tracing::error!(
+                    projection = name,
+                    "checkpoint moved under the leader; restarting term"
+                );
                 drop(tx);
-                return Err(sqlx::Error::Protocol("checkpoint moved under the leader".into()));
+                return Err(sqlx::Error::Protocol(
+                    "checkpoint moved under the leader".into(),
+                ));
             }
             tx.commit().await?;
             checkpoint = last;
@@ -374,7 +382,11 @@ impl Runner {
 
     /// A handler error: record it for /ready and operators, stop this projection, keep the
     /// checkpoint where it is (the event is not skipped).
-    async fn fail(&mut self, conn: &mut PgConnection, error: &ProjectionError) -> Result<TermEnd, sqlx::Error> {
+    async fn fail(
+        &mut self,
+        conn: &mut PgConnection,
+        error: &ProjectionError,
+    ) -> Result<TermEnd, sqlx::Error> {
         let name = self.projection.name();
         tracing::error!(projection = name, error = %error, "projection stopped by a handler error");
         let text = error.to_string();
@@ -386,7 +398,8 @@ impl Runner {
         .bind(&text)
         .execute(&mut *conn)
         .await?;
-        self.status.send_modify(|s| s.state = ProjectionState::Failed(text));
+        self.status
+            .send_modify(|s| s.state = ProjectionState::Failed(text));
         // The connection (and with it the lock) goes when the caller drops it. Another
         // instance may take over and try the same event once; it will stop the same way
         // unless the failure was transient. Operators restart after a fix.
@@ -395,7 +408,13 @@ impl Runner {
 }
 
 fn is_connection_error(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolClosed | sqlx::Error::PoolTimedOut)
+    matches!(
+        e,
+        sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::PoolTimedOut
+    )
 }
 
 fn store_to_sqlx(e: eventstore::StoreError) -> sqlx::Error {

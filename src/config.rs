@@ -1,0 +1,507 @@
+//! Configuration from the environment (SPEC §2).
+//!
+//! Secrets are `secrecy` types: their `Debug` is redacted and reading one takes an explicit
+//! `expose_secret()`. In production (`GATEWAY_ENV=production`) a missing or weak secret stops
+//! the start with a list of every problem; in development missing secrets are generated once
+//! and kept in `DATA_DIR/dev-secrets.json` (mode 0600), so restarts keep the same logins.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use ipnet::IpNet;
+use rand::RngCore;
+use secrecy::{ExposeSecret, SecretBox, SecretString};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Environment {
+    Development,
+    Production,
+}
+
+/// Which browser origins may call a group of routes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origins {
+    /// Development default: any `http(s)://localhost[:port]` or `127.0.0.1` origin.
+    AnyLocalhost,
+    List(Vec<String>),
+}
+
+#[derive(Debug)]
+pub struct Config {
+    pub environment: Environment,
+    /// `None`: run the embedded cluster under `data_dir`.
+    pub database_url: Option<SecretString>,
+    pub data_dir: PathBuf,
+    pub bind: SocketAddr,
+    pub admin_secret: SecretString,
+    pub jwt_secret: SecretString,
+    pub encryption_key: SecretBox<[u8; 32]>,
+    pub landing_api_keys: Vec<SecretString>,
+    pub bootstrap_admin: Option<BootstrapAdmin>,
+    pub intelligence_url: Option<String>,
+    pub internal_service_key: Option<SecretString>,
+    pub telegram_api_base: String,
+    pub public_base_url: String,
+    pub landing_origins: Origins,
+    pub admin_origins: Origins,
+    pub trusted_proxies: Vec<IpNet>,
+    pub smtp_url: Option<SecretString>,
+    pub mail_from: Option<String>,
+    /// Where generated development credentials were written, if any were.
+    pub dev_secrets_file: Option<PathBuf>,
+}
+
+#[derive(Debug)]
+pub struct BootstrapAdmin {
+    pub email: String,
+    pub password: SecretString,
+}
+
+/// Everything wrong with the environment, so one failed start shows all of it.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration refused:\n  - {}", .problems.join("\n  - "))]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+/// Development credentials generated on first start.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DevSecrets {
+    admin_secret: String,
+    jwt_secret: String,
+    encryption_key: String,
+    landing_api_key: String,
+    bootstrap_admin_email: String,
+    bootstrap_admin_password: String,
+}
+
+impl DevSecrets {
+    fn generate() -> Self {
+        Self {
+            admin_secret: random_token(32),
+            jwt_secret: random_token(48),
+            encryption_key: STANDARD.encode(random_bytes(32)),
+            landing_api_key: format!("lk_{}", random_token(24)),
+            bootstrap_admin_email: "admin@localhost".into(),
+            bootstrap_admin_password: random_token(18),
+        }
+    }
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// Reads configuration through `var`, so tests can pass a map.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let var = |name: &str| {
+            var(name)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        let mut problems = Vec::new();
+        let environment = match var("GATEWAY_ENV").as_deref() {
+            None | Some("development") | Some("dev") => Environment::Development,
+            Some("production") | Some("prod") => Environment::Production,
+            Some(other) => {
+                problems.push(format!(
+                    "GATEWAY_ENV must be development or production, not {other:?}"
+                ));
+                Environment::Development
+            }
+        };
+        let production = environment == Environment::Production;
+        let data_dir = PathBuf::from(var("DATA_DIR").unwrap_or_else(|| "./data".into()));
+
+        // Development fills gaps from the persisted file (created on first need).
+        let needs_dev = [
+            "ADMIN_SECRET",
+            "JWT_SECRET",
+            "ENCRYPTION_KEY",
+            "LANDING_API_KEYS",
+        ]
+        .iter()
+        .any(|n| var(n).is_none())
+            || (var("BOOTSTRAP_ADMIN_EMAIL").is_none()
+                && var("BOOTSTRAP_ADMIN_PASSWORD").is_none());
+        let (dev, dev_secrets_file) = if !production && needs_dev {
+            match load_or_create_dev_secrets(&data_dir) {
+                Ok((secrets, path)) => (Some(secrets), Some(path)),
+                Err(e) => {
+                    problems.push(format!(
+                        "cannot keep development secrets under {}: {e}",
+                        data_dir.display()
+                    ));
+                    (None, None)
+                }
+            }
+        } else {
+            (None, None)
+        };
+        let dev_value = |pick: fn(&DevSecrets) -> &String| dev.as_ref().map(|d| pick(d).clone());
+
+        let mut secret = |name: &str, min_len: usize, fallback: Option<String>| -> SecretString {
+            match var(name) {
+                Some(value) => {
+                    if production && let Some(why) = weakness(&value, min_len) {
+                        problems.push(format!("{name} is weak: {why}"));
+                    }
+                    SecretString::from(value)
+                }
+                None => match fallback {
+                    Some(v) if !production => SecretString::from(v),
+                    _ => {
+                        problems.push(format!("{name} is required"));
+                        SecretString::from(String::new())
+                    }
+                },
+            }
+        };
+        let admin_secret = secret("ADMIN_SECRET", 32, dev_value(|d| &d.admin_secret));
+        let jwt_secret = secret("JWT_SECRET", 32, dev_value(|d| &d.jwt_secret));
+        let raw_key = secret("ENCRYPTION_KEY", 0, dev_value(|d| &d.encryption_key));
+        let landing = secret("LANDING_API_KEYS", 0, dev_value(|d| &d.landing_api_key));
+
+        let encryption_key = match parse_key(raw_key.expose_secret()) {
+            Some(key) => {
+                if production && key.iter().all(|b| *b == key[0]) {
+                    problems.push("ENCRYPTION_KEY is weak: all bytes are equal".into());
+                }
+                SecretBox::new(Box::new(key))
+            }
+            None => {
+                if !raw_key.expose_secret().is_empty() {
+                    problems
+                        .push("ENCRYPTION_KEY must be 32 bytes, as base64 or 64 hex digits".into());
+                }
+                SecretBox::new(Box::new([0; 32]))
+            }
+        };
+        let landing_api_keys: Vec<SecretString> = landing
+            .expose_secret()
+            .split(',')
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .map(|k| {
+                if production && let Some(why) = weakness(k, 24) {
+                    problems.push(format!("a LANDING_API_KEYS entry is weak: {why}"));
+                }
+                SecretString::from(k.to_string())
+            })
+            .collect();
+
+        let bootstrap_admin = match (
+            var("BOOTSTRAP_ADMIN_EMAIL"),
+            var("BOOTSTRAP_ADMIN_PASSWORD"),
+        ) {
+            (Some(email), Some(password)) => {
+                if production && let Some(why) = weakness(&password, 12) {
+                    problems.push(format!("BOOTSTRAP_ADMIN_PASSWORD is weak: {why}"));
+                }
+                Some(BootstrapAdmin {
+                    email,
+                    password: SecretString::from(password),
+                })
+            }
+            (None, None) => dev.as_ref().map(|d| BootstrapAdmin {
+                email: d.bootstrap_admin_email.clone(),
+                password: SecretString::from(d.bootstrap_admin_password.clone()),
+            }),
+            _ => {
+                problems
+                    .push("BOOTSTRAP_ADMIN_EMAIL and BOOTSTRAP_ADMIN_PASSWORD go together".into());
+                None
+            }
+        };
+
+        let bind = match var("BIND")
+            .unwrap_or_else(|| "127.0.0.1:3001".into())
+            .parse()
+        {
+            Ok(addr) => addr,
+            Err(_) => {
+                problems.push("BIND must be an address like 127.0.0.1:3001".into());
+                SocketAddr::from(([127, 0, 0, 1], 3001))
+            }
+        };
+        let intelligence_url = var("INTELLIGENCE_URL").map(|u| u.trim_end_matches('/').to_string());
+        let internal_service_key = var("INTERNAL_SERVICE_KEY").map(SecretString::from);
+        if production && intelligence_url.is_some() {
+            match &internal_service_key {
+                None => {
+                    problems.push("INTERNAL_SERVICE_KEY is required with INTELLIGENCE_URL".into())
+                }
+                Some(k) => {
+                    if let Some(why) = weakness(k.expose_secret(), 16) {
+                        problems.push(format!("INTERNAL_SERVICE_KEY is weak: {why}"));
+                    }
+                }
+            }
+        }
+        let origins = |name: &str| match var(name) {
+            Some(list) => Origins::List(
+                list.split(',')
+                    .map(|o| o.trim().trim_end_matches('/').to_string())
+                    .filter(|o| !o.is_empty())
+                    .collect(),
+            ),
+            None if production => Origins::List(Vec::new()),
+            None => Origins::AnyLocalhost,
+        };
+        let mut trusted_proxies = Vec::new();
+        for cidr in var("TRUSTED_PROXIES")
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+        {
+            match cidr
+                .parse::<IpNet>()
+                .or_else(|_| cidr.parse::<IpAddr>().map(IpNet::from))
+            {
+                Ok(net) => trusted_proxies.push(net),
+                Err(_) => problems.push(format!(
+                    "TRUSTED_PROXIES entry {cidr:?} is not a CIDR or address"
+                )),
+            }
+        }
+
+        if !problems.is_empty() {
+            return Err(ConfigError { problems });
+        }
+        Ok(Config {
+            environment,
+            database_url: var("DATABASE_URL").map(SecretString::from),
+            data_dir,
+            bind,
+            admin_secret,
+            jwt_secret,
+            encryption_key,
+            landing_api_keys,
+            bootstrap_admin,
+            intelligence_url,
+            internal_service_key,
+            telegram_api_base: var("TELEGRAM_API_BASE")
+                .unwrap_or_else(|| "https://api.telegram.org".into())
+                .trim_end_matches('/')
+                .to_string(),
+            public_base_url: var("PUBLIC_BASE_URL")
+                .unwrap_or_else(|| format!("http://{bind}"))
+                .trim_end_matches('/')
+                .to_string(),
+            landing_origins: origins("LANDING_ORIGINS"),
+            admin_origins: origins("ADMIN_ORIGINS"),
+            trusted_proxies,
+            smtp_url: var("SMTP_URL").map(SecretString::from),
+            mail_from: var("MAIL_FROM"),
+            dev_secrets_file,
+        })
+    }
+
+    pub fn is_production(&self) -> bool {
+        self.environment == Environment::Production
+    }
+}
+
+/// Why a secret is too weak to run production with, if it is.
+fn weakness(value: &str, min_len: usize) -> Option<String> {
+    const KNOWN_WEAK: [&str; 6] = ["changeme", "secret", "password", "admin", "test", "default"];
+    let lower = value.to_lowercase();
+    if KNOWN_WEAK.iter().any(|w| lower.contains(w)) {
+        return Some("it contains a well-known placeholder word".into());
+    }
+    if value.chars().count() < min_len {
+        return Some(format!("shorter than {min_len} characters"));
+    }
+    let distinct: std::collections::HashSet<char> = value.chars().collect();
+    if min_len > 0 && distinct.len() < 8 {
+        return Some("too few distinct characters".into());
+    }
+    None
+}
+
+/// A 32-byte key from base64 (standard or URL-safe) or 64 hex digits.
+pub fn parse_key(text: &str) -> Option<[u8; 32]> {
+    let text = text.trim();
+    let bytes = if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        (0..32)
+            .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok())
+            .collect::<Option<Vec<u8>>>()?
+    } else {
+        STANDARD
+            .decode(text)
+            .or_else(|_| URL_SAFE_NO_PAD.decode(text.trim_end_matches('=')))
+            .ok()?
+    };
+    bytes.try_into().ok()
+}
+
+fn random_bytes(n: usize) -> Vec<u8> {
+    let mut bytes = vec![0; n];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes
+}
+
+/// `n` random bytes as URL-safe text.
+pub fn random_token(n: usize) -> String {
+    URL_SAFE_NO_PAD.encode(random_bytes(n))
+}
+
+fn load_or_create_dev_secrets(data_dir: &Path) -> std::io::Result<(DevSecrets, PathBuf)> {
+    let path = data_dir.join("dev-secrets.json");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let secrets = serde_json::from_str(&text).map_err(std::io::Error::other)?;
+        return Ok((secrets, path));
+    }
+    std::fs::create_dir_all(data_dir)?;
+    let secrets = DevSecrets::generate();
+    let text = serde_json::to_string_pretty(&secrets).map_err(std::io::Error::other)?;
+    write_private(&path, text.as_bytes())?;
+    Ok((secrets, path))
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(bytes)
+}
+
+/// The variables this module reads, for `--help` style listings and docs tests.
+pub const VARIABLES: &[&str] = &[
+    "GATEWAY_ENV",
+    "DATABASE_URL",
+    "DATA_DIR",
+    "BIND",
+    "ADMIN_SECRET",
+    "JWT_SECRET",
+    "ENCRYPTION_KEY",
+    "LANDING_API_KEYS",
+    "BOOTSTRAP_ADMIN_EMAIL",
+    "BOOTSTRAP_ADMIN_PASSWORD",
+    "INTELLIGENCE_URL",
+    "INTERNAL_SERVICE_KEY",
+    "TELEGRAM_API_BASE",
+    "PUBLIC_BASE_URL",
+    "LANDING_ORIGINS",
+    "ADMIN_ORIGINS",
+    "TRUSTED_PROXIES",
+    "SMTP_URL",
+    "MAIL_FROM",
+];
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: BTreeMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name| map.get(name).cloned()
+    }
+
+    fn strong_production() -> Vec<(&'static str, &'static str)> {
+        vec![
+            ("GATEWAY_ENV", "production"),
+            ("ADMIN_SECRET", "k3J9x-Qp2mZv8Lr4Tw7Ny1Bc6Hd0Fs5G"),
+            ("JWT_SECRET", "Zq8Wm3Kt6Yp1Rv9Lc2Nx5Hb7Df4Gs0Ja"),
+            (
+                "ENCRYPTION_KEY",
+                "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
+            ),
+            ("LANDING_API_KEYS", "lk_R4t8Yq2Wn6Mz0Xc3Vb7Pa9Ls"),
+        ]
+    }
+
+    #[test]
+    fn production_with_strong_secrets_starts() {
+        let config = Config::from_vars(vars(&strong_production())).unwrap();
+        assert!(config.is_production());
+        assert_eq!(config.encryption_key.expose_secret()[31], 0x1f);
+        assert_eq!(config.landing_origins, Origins::List(vec![]));
+        assert!(config.dev_secrets_file.is_none());
+    }
+
+    #[test]
+    fn production_refuses_missing_and_weak_secrets_and_names_each() {
+        let err = Config::from_vars(vars(&[
+            ("GATEWAY_ENV", "production"),
+            ("ADMIN_SECRET", "changeme"),
+            ("ENCRYPTION_KEY", "c2hvcnQ="),
+            ("LANDING_API_KEYS", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"),
+        ]))
+        .unwrap_err();
+        let text = err.to_string();
+        for needle in [
+            "ADMIN_SECRET is weak",
+            "JWT_SECRET is required",
+            "ENCRYPTION_KEY must be 32 bytes",
+            "LANDING_API_KEYS entry is weak",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from {text}");
+        }
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let config = Config::from_vars(vars(&strong_production())).unwrap();
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("k3J9x"), "{debug}");
+        assert!(!debug.contains("lk_R4t8"), "{debug}");
+    }
+
+    #[test]
+    fn development_generates_secrets_once_and_keeps_them() {
+        let dir = std::env::temp_dir().join(format!("gw-config-{}", uuid::Uuid::new_v4()));
+        let dir_text = dir.to_string_lossy().to_string();
+        let first = Config::from_vars(vars(&[("DATA_DIR", &dir_text)])).unwrap();
+        let second = Config::from_vars(vars(&[("DATA_DIR", &dir_text)])).unwrap();
+        assert_eq!(
+            first.admin_secret.expose_secret(),
+            second.admin_secret.expose_secret()
+        );
+        assert_eq!(
+            first.bootstrap_admin.as_ref().unwrap().email,
+            "admin@localhost"
+        );
+        let path = first.dev_secrets_file.clone().unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(first.landing_origins, Origins::AnyLocalhost);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn keys_parse_from_base64_or_hex() {
+        let hex = "ff".repeat(32);
+        assert_eq!(parse_key(&hex), Some([0xff; 32]));
+        assert_eq!(parse_key(&STANDARD.encode([7u8; 32])), Some([7; 32]));
+        assert_eq!(parse_key("abc"), None);
+    }
+
+    #[test]
+    fn trusted_proxies_take_cidrs_and_plain_addresses() {
+        let mut v = strong_production();
+        v.push(("TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1"));
+        let config = Config::from_vars(vars(&v)).unwrap();
+        assert_eq!(config.trusted_proxies.len(), 2);
+        assert!(config.trusted_proxies[1].contains(&"127.0.0.1".parse::<IpAddr>().unwrap()));
+    }
+}

@@ -1,0 +1,100 @@
+//! The HTTP surface: one `router()` per resource module, merged here, and the layers every
+//! request passes (request id, tracing, body limit, panic catcher, error envelope).
+
+pub mod extract;
+mod health;
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{HeaderName, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::error::AppError;
+use crate::state::AppState;
+
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// Largest JSON body any route accepts (document uploads get their own limit).
+pub const MAX_JSON_BODY: usize = 256 * 1024;
+
+/// The whole API with its layers.
+pub fn app(state: AppState) -> Router {
+    finish(api(), state)
+}
+
+/// The routes without state, so tests can add routes before [`finish`].
+pub fn api() -> Router<AppState> {
+    Router::new()
+        .merge(health::router())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+}
+
+/// Adds the state and the layers every request passes. `Router::layer` wraps from the
+/// inside out, so the last layer here is the first a request meets.
+pub fn finish(routes: Router<AppState>, state: AppState) -> Router {
+    routes
+        .with_state(state)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_JSON_BODY))
+        .layer(CatchPanicLayer::custom(|_panic| {
+            AppError::internal("handler panicked").into_response()
+        }))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(30),
+        ))
+        .layer(middleware::from_fn(envelope_bare_errors))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|request: &Request<Body>| {
+                let request_id = request
+                    .headers()
+                    .get(REQUEST_ID)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-");
+                tracing::info_span!(
+                    "http",
+                    http.method = %request.method(),
+                    http.path = %request.uri().path(),
+                    request.id = %request_id,
+                )
+            }),
+        )
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+}
+
+async fn not_found() -> AppError {
+    AppError::not_found()
+}
+
+async fn method_not_allowed() -> AppError {
+    AppError::method_not_allowed()
+}
+
+/// A safety net: error responses made outside our handlers (layers, axum defaults) arrive
+/// without a JSON body; give them the envelope so clients see one shape only.
+async fn envelope_bare_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if (status.is_client_error() || status.is_server_error()) && !is_json {
+        let mut enveloped = AppError::from_status(status).into_response();
+        for name in [header::RETRY_AFTER, header::ALLOW] {
+            if let Some(value) = response.headers().get(&name) {
+                enveloped.headers_mut().insert(name, value.clone());
+            }
+        }
+        return enveloped;
+    }
+    response
+}

@@ -1,0 +1,160 @@
+//! Bringing the gateway up and down: database (given or embedded), migrations, projections,
+//! the HTTP server, and a graceful shutdown that lets in-flight requests finish.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use eventstore::EventStore;
+use projections::{Projection, ProjectionHandle, RunnerConfig};
+use secrecy::ExposeSecret;
+use sqlx::PgPool;
+use sqlx::postgres::PgConnectOptions;
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::embedded::EmbeddedPostgres;
+use crate::state::AppState;
+
+/// The database the gateway runs on, and the embedded cluster behind it if there is one.
+pub struct Database {
+    pub pool: PgPool,
+    pub connect: PgConnectOptions,
+    embedded: Option<EmbeddedPostgres>,
+}
+
+impl Database {
+    /// Connects to `DATABASE_URL`, or starts the embedded cluster under `DATA_DIR`.
+    pub async fn open(config: &Config) -> anyhow::Result<Self> {
+        let (url, embedded) = match &config.database_url {
+            Some(url) => (url.expose_secret().to_string(), None),
+            None => {
+                let cluster = EmbeddedPostgres::start(&config.data_dir)
+                    .await
+                    .context("starting the embedded Postgres cluster")?;
+                (cluster.database_url(), Some(cluster))
+            }
+        };
+        let connect: PgConnectOptions =
+            url.parse().context("DATABASE_URL is not a Postgres URL")?;
+        let pool = match eventstore::connect(connect.clone(), 16).await {
+            Ok(pool) => pool,
+            Err(e) => {
+                if let Some(cluster) = embedded {
+                    let _ = cluster.stop().await;
+                }
+                return Err(e).context("connecting to Postgres");
+            }
+        };
+        Ok(Self {
+            pool,
+            connect,
+            embedded,
+        })
+    }
+
+    pub fn is_embedded(&self) -> bool {
+        self.embedded.is_some()
+    }
+
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        // `run_direct` on a plain connection: `Migrator::run(&pool)` is generic over `Acquire`
+        // and its future cannot be proven `Send` inside a spawned server task.
+        let mut conn = self.pool.acquire().await?;
+        crate::MIGRATOR
+            .run_direct(&mut *conn)
+            .await
+            .context("applying migrations")
+    }
+
+    /// Closes the pool and stops the embedded cluster, if any.
+    pub async fn close(self) -> anyhow::Result<()> {
+        self.pool.close().await;
+        if let Some(cluster) = self.embedded {
+            cluster.stop().await?;
+        }
+        Ok(())
+    }
+}
+
+/// The read models this gateway keeps up to date.
+fn projections() -> Vec<Arc<dyn Projection>> {
+    Vec::new()
+}
+
+/// Runs the gateway on `listener` until `shutdown` resolves, then drains requests, stops the
+/// projections, and closes the database.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let database = Database::open(&config).await?;
+    if let Err(e) = database.migrate().await {
+        let _ = database.close().await;
+        return Err(e);
+    }
+    let store = EventStore::new(database.pool.clone());
+    let handles: Vec<ProjectionHandle> = projections()
+        .into_iter()
+        .map(|p| {
+            projections::spawn(
+                p,
+                store.clone(),
+                database.connect.clone(),
+                RunnerConfig::default(),
+            )
+        })
+        .collect();
+    let state = AppState {
+        config: Arc::new(config),
+        pool: database.pool.clone(),
+        store,
+        projections: Arc::new(handles),
+    };
+    let address = listener.local_addr()?;
+    tracing::info!(%address, embedded = database.is_embedded(), "gateway listening");
+    let served = axum::serve(
+        listener,
+        crate::http::app(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await;
+    tracing::info!("shutting down");
+    for handle in state.projections.iter() {
+        handle.stop().await;
+    }
+    drop(state);
+    database.close().await?;
+    served.context("serving HTTP")
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Compile-time guard: the server future must be spawnable (sqlx executor calls can make
+    /// it non-`Send` through rust-lang/rust#102211; tests and `main` both spawn it).
+    #[expect(dead_code, reason = "checked by the compiler only")]
+    fn run_is_spawnable(config: crate::config::Config, listener: tokio::net::TcpListener) {
+        tokio::spawn(super::run(config, listener, async {}));
+    }
+}

@@ -1,0 +1,121 @@
+//! What every handler can reach: configuration, the database, the store, the projections.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use eventstore::{Cursor, EventStore};
+use projections::{ProjectionHandle, ProjectionState};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+use crate::config::Config;
+use crate::error::AppError;
+
+/// How far (in events) a projection may trail the log and the gateway still call itself
+/// ready.
+const READY_MAX_LAG_EVENTS: i64 = 10_000;
+/// How long a handler waits for its own write to show in a read model.
+pub const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub pool: PgPool,
+    pub store: EventStore,
+    pub projections: Arc<Vec<ProjectionHandle>>,
+}
+
+pub struct Readiness {
+    pub ready: bool,
+    pub checks: Value,
+}
+
+impl AppState {
+    /// The running projection called `name`.
+    pub fn projection(&self, name: &str) -> Option<&ProjectionHandle> {
+        self.projections.iter().find(|p| p.name() == name)
+    }
+
+    /// Waits until projection `name` includes the event at `cursor`, so the response can be
+    /// read from it (read-your-writes).
+    pub async fn wait_for(&self, name: &str, cursor: Cursor) -> Result<(), AppError> {
+        let projection = self
+            .projection(name)
+            .ok_or_else(|| AppError::internal(format!("no projection {name}")))?;
+        projection
+            .wait_for(cursor, READ_YOUR_WRITES_TIMEOUT)
+            .await
+            .map_err(AppError::internal)
+    }
+
+    pub async fn readiness(&self) -> Readiness {
+        let mut ready = true;
+        let database = match sqlx::query_scalar::<_, i32>("SELECT 1")
+            .fetch_one(&self.pool)
+            .await
+        {
+            Ok(_) => json!({"ok": true}),
+            Err(e) => {
+                ready = false;
+                tracing::warn!(error = %e, "readiness: database unreachable");
+                json!({"ok": false})
+            }
+        };
+        let expected = crate::MIGRATOR
+            .iter()
+            .filter(|m| m.migration_type.is_up_migration())
+            .count() as i64;
+        let applied: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+                .fetch_one(&self.pool)
+                .await
+                .unwrap_or(-1);
+        let migrations_ok = applied == expected;
+        ready &= migrations_ok;
+        let mut projections = Vec::new();
+        for handle in self.projections.iter() {
+            let (ok, detail) = self.projection_readiness(handle).await;
+            ready &= ok;
+            projections.push(detail);
+        }
+        Readiness {
+            ready,
+            checks: json!({
+                "database": database,
+                "migrations": {"ok": migrations_ok, "applied": applied, "expected": expected},
+                "projections": projections,
+            }),
+        }
+    }
+
+    async fn projection_readiness(&self, handle: &ProjectionHandle) -> (bool, Value) {
+        let row: Result<Option<(i64, i64, String)>, _> = sqlx::query_as(
+            "SELECT transaction_id, global_position, status FROM projection_checkpoints WHERE name = $1",
+        )
+        .bind(handle.name())
+        .fetch_optional(&self.pool)
+        .await;
+        let (checkpoint, status) = match row {
+            Ok(Some((tx, pos, status))) => (Cursor::new(tx, pos), status),
+            Ok(None) => (Cursor::START, "starting".to_string()),
+            Err(_) => return (false, json!({"name": handle.name(), "ok": false})),
+        };
+        let lag = self.store.fence_status(checkpoint).await.map(|_| ()).ok();
+        let behind: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT 1 FROM events WHERE (transaction_id, global_position) > ($1, $2) LIMIT $3) t",
+        )
+        .bind(checkpoint.transaction_id())
+        .bind(checkpoint.global_position())
+        .bind(READY_MAX_LAG_EVENTS + 1)
+        .fetch_one(&self.pool)
+        .await
+        .unwrap_or(i64::MAX);
+        let local = handle.status();
+        let failed = status == "failed" || matches!(local.state, ProjectionState::Failed(_));
+        let ok = !failed && behind <= READY_MAX_LAG_EVENTS && lag.is_some();
+        (
+            ok,
+            json!({"name": handle.name(), "ok": ok, "status": status, "lagEvents": behind}),
+        )
+    }
+}

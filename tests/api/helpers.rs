@@ -1,0 +1,126 @@
+//! Starting a real gateway for a test.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use eventstore::EventStore;
+use gateway::config::Config;
+use gateway::state::AppState;
+use sqlx::PgPool;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const ADMIN_SECRET: &str = "test-admin-secret-0123456789abcdefXYZ";
+pub const LANDING_KEY: &str = "lk_test_0123456789abcdefghij";
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub pool: PgPool,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// The URL of the database behind `pool` (the test's own, made by `sqlx::test`).
+pub fn database_url(pool: &PgPool) -> String {
+    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL is set by .cargo/config.toml");
+    let base = base.split('?').next().unwrap();
+    let (server, _) = base.rsplit_once('/').unwrap();
+    let db = pool.connect_options().get_database().unwrap().to_string();
+    format!("{server}/{db}")
+}
+
+/// Test configuration: explicit secrets (no files written), the test's database.
+pub fn test_config(pool: &PgPool, extra: &[(&str, &str)]) -> Config {
+    let mut vars: HashMap<String, String> = [
+        ("DATABASE_URL", database_url(pool)),
+        ("BIND", "127.0.0.1:0".into()),
+        ("ADMIN_SECRET", ADMIN_SECRET.into()),
+        (
+            "JWT_SECRET",
+            "test-jwt-secret-0123456789abcdefghijklmnop".into(),
+        ),
+        (
+            "ENCRYPTION_KEY",
+            "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff".into(),
+        ),
+        ("LANDING_API_KEYS", LANDING_KEY.into()),
+        ("BOOTSTRAP_ADMIN_EMAIL", "root@example.com".into()),
+        ("BOOTSTRAP_ADMIN_PASSWORD", "Root-Password-123".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    for (k, v) in extra {
+        vars.insert(k.to_string(), v.to_string());
+    }
+    Config::from_vars(|name| vars.get(name).cloned()).expect("test config is valid")
+}
+
+impl TestApp {
+    pub async fn spawn(pool: PgPool) -> Self {
+        Self::spawn_with(pool, &[]).await
+    }
+
+    pub async fn spawn_with(pool: PgPool, extra: &[(&str, &str)]) -> Self {
+        gateway::telemetry::init(false);
+        let config = test_config(&pool, extra);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(gateway::startup::run(config, listener, async {
+            let _ = rx.await;
+        }));
+        let app = TestApp {
+            base,
+            client: reqwest::Client::new(),
+            pool,
+            shutdown: Some(tx),
+            task: Some(task),
+        };
+        app.wait_until_ready().await;
+        app
+    }
+
+    async fn wait_until_ready(&self) {
+        for _ in 0..500 {
+            if let Ok(r) = self.client.get(format!("{}/ready", self.base)).send().await
+                && r.status().is_success()
+            {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("the gateway did not become ready");
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Graceful shutdown; returns what `run` returned.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        let _ = self.shutdown.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// An in-process state for tests that drive the router without a socket.
+pub async fn state(pool: PgPool) -> AppState {
+    gateway::MIGRATOR.run(&pool).await.unwrap();
+    let config = test_config(&pool, &[]);
+    AppState {
+        config: Arc::new(config),
+        store: EventStore::new(pool.clone()),
+        pool,
+        projections: Arc::new(Vec::new()),
+    }
+}
