@@ -5,6 +5,7 @@
 //! and WebSockets, authentication, and the CLI. Domain rules live in `aggregates`, the event
 //! log in `eventstore`, read models in `projections`, rebuilds in `replay`.
 
+pub mod auth;
 pub mod config;
 pub mod embedded;
 pub mod error;

@@ -80,7 +80,9 @@ impl Database {
 
 /// The read models this gateway keeps up to date.
 fn projections() -> Vec<Arc<dyn Projection>> {
-    Vec::new()
+    let mut all = Vec::new();
+    all.extend(crate::auth::projections());
+    all
 }
 
 /// Runs the gateway on `listener` until `shutdown` resolves, then drains requests, stops the
@@ -113,6 +115,14 @@ pub async fn run(
         store,
         projections: Arc::new(handles),
     };
+    if let Err(e) = crate::auth::bootstrap(&state).await {
+        for handle in state.projections.iter() {
+            handle.stop().await;
+        }
+        drop(state);
+        let _ = database.close().await;
+        return Err(e.context("creating the bootstrap admin"));
+    }
     let address = listener.local_addr()?;
     tracing::info!(%address, embedded = database.is_embedded(), "gateway listening");
     let served = axum::serve(

@@ -605,8 +605,7 @@ async fn every_reader_sees_exactly_the_committed_events_in_one_order(pool: PgPoo
                     _ => {
                         let stream = StreamId::new("counter", format!("shared-{}", i % 3));
                         let version = store.stream_version(&stream).await.unwrap();
-                        let events: Vec<_> =
-                            (0..rng.random_range(1..=3)).map(event).collect();
+                        let events: Vec<_> = (0..rng.random_range(1..=3)).map(event).collect();
                         match store.append(&stream, version, &events).await {
                             Ok(o) => committed.extend(o.events.iter().map(|e| e.event_id)),
                             Err(StoreError::Conflict { .. }) => {}

@@ -32,6 +32,7 @@ pub fn app(state: AppState) -> Router {
 pub fn api() -> Router<AppState> {
     Router::new()
         .merge(health::router())
+        .merge(crate::auth::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
 }
