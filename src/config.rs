@@ -50,6 +50,8 @@ pub struct Config {
     pub trusted_proxies: Vec<IpNet>,
     pub smtp_url: Option<SecretString>,
     pub mail_from: Option<String>,
+    /// Admin requests per minute per admin (per client IP before login); SPEC §4 says 100.
+    pub admin_rate_limit_per_minute: u32,
     /// Where generated development credentials were written, if any were.
     pub dev_secrets_file: Option<PathBuf>,
 }
@@ -272,6 +274,17 @@ impl Config {
             }
         }
 
+        let admin_rate_limit_per_minute = match var("ADMIN_RATE_LIMIT_PER_MINUTE") {
+            None => 100,
+            Some(text) => match text.parse::<u32>() {
+                Ok(n) if n > 0 => n,
+                _ => {
+                    problems.push("ADMIN_RATE_LIMIT_PER_MINUTE must be a positive number".into());
+                    100
+                }
+            },
+        };
+
         if !problems.is_empty() {
             return Err(ConfigError { problems });
         }
@@ -300,6 +313,7 @@ impl Config {
             trusted_proxies,
             smtp_url: var("SMTP_URL").map(SecretString::from),
             mail_from: var("MAIL_FROM"),
+            admin_rate_limit_per_minute,
             dev_secrets_file,
         })
     }
@@ -398,6 +412,7 @@ pub const VARIABLES: &[&str] = &[
     "TRUSTED_PROXIES",
     "SMTP_URL",
     "MAIL_FROM",
+    "ADMIN_RATE_LIMIT_PER_MINUTE",
 ];
 
 #[cfg(test)]

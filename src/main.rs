@@ -1,4 +1,4 @@
-//! The `gateway` command: `serve`, `migrate`.
+//! The `gateway` command: `serve`, `migrate`, `admin create`.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -22,6 +22,29 @@ enum Command {
     Serve,
     /// Apply pending database migrations and exit.
     Migrate,
+    /// Manage admin users directly in the database.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Create an admin. The password comes from ADMIN_PASSWORD or is read from stdin.
+    Create {
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        name: String,
+        /// super_admin, admin or viewer
+        #[arg(long)]
+        role: String,
+        /// Comma-separated: leads,licenses,users,analytics,settings,audit (a super admin
+        /// gets all of them anyway).
+        #[arg(long, value_delimiter = ',')]
+        permissions: Vec<String>,
+    },
 }
 
 #[tokio::main]
@@ -47,7 +70,49 @@ async fn main() -> anyhow::Result<()> {
             println!("migrations applied");
             Ok(())
         }
+        Command::Admin {
+            command:
+                AdminCommand::Create {
+                    email,
+                    name,
+                    role,
+                    permissions,
+                },
+        } => {
+            let password = admin_password(&email)?;
+            let database = Database::open(&config).await?;
+            let result = async {
+                database.migrate().await?;
+                let store = eventstore::EventStore::new(database.pool.clone());
+                let admin = gateway::auth::users::CliAdmin {
+                    email,
+                    name,
+                    role,
+                    permissions,
+                    password,
+                };
+                gateway::auth::users::create_from_cli(&store, admin).await
+            }
+            .await;
+            database.close().await?;
+            let id = result?;
+            println!("admin created: {id}");
+            Ok(())
+        }
     }
+}
+
+/// `ADMIN_PASSWORD`, or one line from stdin (echoed: pipe it in where that matters).
+fn admin_password(email: &str) -> anyhow::Result<secrecy::SecretString> {
+    if let Ok(password) = std::env::var("ADMIN_PASSWORD") {
+        return Ok(password.into());
+    }
+    eprint!("password for {email}: ");
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("reading the password from stdin")?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_string().into())
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

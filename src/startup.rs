@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use eventstore::EventStore;
+use eventstore::sealing::Sealer;
 use projections::{Projection, ProjectionHandle, RunnerConfig};
 use secrecy::ExposeSecret;
 use sqlx::PgPool;
@@ -79,9 +80,12 @@ impl Database {
 }
 
 /// The read models this gateway keeps up to date.
-fn projections() -> Vec<Arc<dyn Projection>> {
+fn projections(sealer: &Sealer) -> Vec<Arc<dyn Projection>> {
     let mut all = Vec::new();
     all.extend(crate::auth::projections());
+    all.push(
+        Arc::new(projections::leads::LeadsProjection::new(sealer.clone())) as Arc<dyn Projection>,
+    );
     all
 }
 
@@ -98,7 +102,11 @@ pub async fn run(
         return Err(e);
     }
     let store = EventStore::new(database.pool.clone());
-    let handles: Vec<ProjectionHandle> = projections()
+    let sealer = Sealer::new(
+        database.pool.clone(),
+        *config.encryption_key.expose_secret(),
+    );
+    let handles: Vec<ProjectionHandle> = projections(&sealer)
         .into_iter()
         .map(|p| {
             projections::spawn(
@@ -109,12 +117,7 @@ pub async fn run(
             )
         })
         .collect();
-    let state = AppState {
-        config: Arc::new(config),
-        pool: database.pool.clone(),
-        store,
-        projections: Arc::new(handles),
-    };
+    let state = AppState::new(config, database.pool.clone(), store, sealer, handles);
     if let Err(e) = crate::auth::bootstrap(&state).await {
         for handle in state.projections.iter() {
             handle.stop().await;

@@ -1,15 +1,22 @@
 //! What every handler can reach: configuration, the database, the store, the projections.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use eventstore::{Cursor, EventStore};
+use eventstore::sealing::Sealer;
+use eventstore::{CommandHandler, Cursor, EventStore};
 use projections::{ProjectionHandle, ProjectionState};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
 use crate::config::Config;
 use crate::error::AppError;
+use crate::leads::LeadService;
+use crate::ratelimit::KeyedLimiter;
+
+/// SPEC §3: landing submissions per client IP and minute.
+const LANDING_PER_MINUTE: u32 = 10;
 
 /// How far (in events) a projection may trail the log and the gateway still call itself
 /// ready.
@@ -23,6 +30,13 @@ pub struct AppState {
     pub pool: PgPool,
     pub store: EventStore,
     pub projections: Arc<Vec<ProjectionHandle>>,
+    /// Admin access: token keys, admin-secret digest, rate-limit counters.
+    pub auth: Arc<crate::auth::AuthRuntime>,
+    /// Personal data sealing (crypto-shredding) and secrets at rest.
+    pub sealer: Sealer,
+    pub leads: Arc<LeadService>,
+    /// 10 landing submissions per minute per client IP (SPEC §3), per instance.
+    pub landing_limiter: Arc<KeyedLimiter<IpAddr>>,
 }
 
 pub struct Readiness {
@@ -31,6 +45,33 @@ pub struct Readiness {
 }
 
 impl AppState {
+    pub fn new(
+        config: Config,
+        pool: PgPool,
+        store: EventStore,
+        sealer: Sealer,
+        projections: Vec<ProjectionHandle>,
+    ) -> Self {
+        let leads = LeadService::new(
+            pool.clone(),
+            sealer.clone(),
+            CommandHandler::new(store.clone(), ()),
+        );
+        AppState {
+            auth: Arc::new(crate::auth::AuthRuntime::new(&config)),
+            config: Arc::new(config),
+            pool,
+            store,
+            projections: Arc::new(projections),
+            sealer,
+            leads: Arc::new(leads),
+            landing_limiter: Arc::new(KeyedLimiter::new(
+                LANDING_PER_MINUTE,
+                Duration::from_secs(60),
+            )),
+        }
+    }
+
     /// The running projection called `name`.
     pub fn projection(&self, name: &str) -> Option<&ProjectionHandle> {
         self.projections.iter().find(|p| p.name() == name)

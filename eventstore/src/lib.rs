@@ -14,6 +14,8 @@
 //!   `NOTIFY` (it serialises commits).
 //! * [`CommandHandler`] runs `cqrs-es` aggregates: load (with upcasting), decide, append,
 //!   and retry a bounded number of times on conflict.
+//! * [`sealing`] keeps personal data in events erasable although events are not: it is
+//!   sealed with a key per subject, kept in `data_keys`, and erasure deletes the key.
 //!
 //! cqrs-es's own Postgres back end (`postgres-es`) is not used: it has no global position
 //! and no safe catch-up order.
@@ -24,6 +26,7 @@ mod cursor;
 mod error;
 mod event;
 mod read;
+pub mod sealing;
 mod subscribe;
 
 pub use command::{CommandError, CommandHandler, CommandOutcome};
@@ -31,6 +34,7 @@ pub use cursor::{Cursor, CursorParseError};
 pub use error::StoreError;
 pub use event::{AppendOutcome, Metadata, NewEvent, StoredEvent, StreamId};
 pub use read::{FenceStatus, read_page};
+pub use sealing::{MasterKey, SHREDDED, SealError, Sealed, Sealer};
 pub use subscribe::{AppendWatcher, Subscription};
 
 use std::sync::Arc;

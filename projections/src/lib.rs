@@ -6,6 +6,8 @@
 //! rows (exactly-once effects), and a handler error stops the projection loudly instead of
 //! skipping the event. [`ProjectionHandle::wait_for`] gives HTTP handlers read-your-writes.
 
+pub mod admins;
+pub mod leads;
 pub mod runner;
 
 pub use runner::{

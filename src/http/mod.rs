@@ -1,6 +1,9 @@
 //! The HTTP surface: one `router()` per resource module, merged here, and the layers every
 //! request passes (request id, tracing, body limit, panic catcher, error envelope).
 
+pub mod client_ip;
+pub mod context;
+mod cors;
 pub mod extract;
 mod health;
 
@@ -33,6 +36,8 @@ pub fn api() -> Router<AppState> {
     Router::new()
         .merge(health::router())
         .merge(crate::auth::router())
+        .merge(crate::leads::admin_router())
+        .merge(crate::leads::landing_router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
 }
@@ -40,6 +45,7 @@ pub fn api() -> Router<AppState> {
 /// Adds the state and the layers every request passes. `Router::layer` wraps from the
 /// inside out, so the last layer here is the first a request meets.
 pub fn finish(routes: Router<AppState>, state: AppState) -> Router {
+    let cors = cors::layer(&state.config);
     routes
         .with_state(state)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_JSON_BODY))
@@ -51,6 +57,8 @@ pub fn finish(routes: Router<AppState>, state: AppState) -> Router {
             Duration::from_secs(30),
         ))
         .layer(middleware::from_fn(envelope_bare_errors))
+        // Before routing, so preflights are answered for any route of the group.
+        .layer(cors)
         .layer(
             TraceLayer::new_for_http().make_span_with(|request: &Request<Body>| {
                 let request_id = request

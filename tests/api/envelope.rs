@@ -59,6 +59,7 @@ struct Probe {
 }
 
 async fn probe_router(pool: PgPool) -> Router {
+    let state = state(pool).await;
     let routes = gateway::http::api()
         .route("/probe", post(|AppJson(_): AppJson<Probe>| async { "ok" }))
         .route(
@@ -70,7 +71,7 @@ async fn probe_router(pool: PgPool) -> Router {
                 "unreachable"
             }),
         );
-    gateway::http::finish(routes, state(pool).await)
+    gateway::http::finish(routes, state)
 }
 
 async fn call(router: &Router, request: Request<Body>) -> (StatusCode, Value) {

@@ -1,17 +1,22 @@
 //! Starting a real gateway for a test.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use eventstore::EventStore;
+use eventstore::sealing::Sealer;
 use gateway::config::Config;
 use gateway::state::AppState;
+use secrecy::ExposeSecret;
 use sqlx::PgPool;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub const ADMIN_SECRET: &str = "test-admin-secret-0123456789abcdefXYZ";
 pub const LANDING_KEY: &str = "lk_test_0123456789abcdefghij";
+pub const JWT_SECRET: &str = "test-jwt-secret-0123456789abcdefghijklmnop";
+/// The bootstrap super admin of every test gateway.
+pub const ROOT_EMAIL: &str = "root@example.com";
+pub const ROOT_PASSWORD: &str = "Root-Password-123";
 
 pub struct TestApp {
     pub base: String,
@@ -36,17 +41,14 @@ pub fn test_config(pool: &PgPool, extra: &[(&str, &str)]) -> Config {
         ("DATABASE_URL", database_url(pool)),
         ("BIND", "127.0.0.1:0".into()),
         ("ADMIN_SECRET", ADMIN_SECRET.into()),
-        (
-            "JWT_SECRET",
-            "test-jwt-secret-0123456789abcdefghijklmnop".into(),
-        ),
+        ("JWT_SECRET", JWT_SECRET.into()),
         (
             "ENCRYPTION_KEY",
             "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff".into(),
         ),
         ("LANDING_API_KEYS", LANDING_KEY.into()),
-        ("BOOTSTRAP_ADMIN_EMAIL", "root@example.com".into()),
-        ("BOOTSTRAP_ADMIN_PASSWORD", "Root-Password-123".into()),
+        ("BOOTSTRAP_ADMIN_EMAIL", ROOT_EMAIL.into()),
+        ("BOOTSTRAP_ADMIN_PASSWORD", ROOT_PASSWORD.into()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -98,6 +100,13 @@ impl TestApp {
         format!("{}{path}", self.base)
     }
 
+    /// A request to an admin route with `X-Admin-Secret` (add `.bearer_auth(..)`).
+    pub fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, self.url(path))
+            .header("X-Admin-Secret", ADMIN_SECRET)
+    }
+
     /// Graceful shutdown; returns what `run` returned.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         let _ = self.shutdown.take().unwrap().send(());
@@ -117,10 +126,56 @@ impl Drop for TestApp {
 pub async fn state(pool: PgPool) -> AppState {
     gateway::MIGRATOR.run(&pool).await.unwrap();
     let config = test_config(&pool, &[]);
-    AppState {
-        config: Arc::new(config),
-        store: EventStore::new(pool.clone()),
-        pool,
-        projections: Arc::new(Vec::new()),
-    }
+    let sealer = Sealer::new(pool.clone(), *config.encryption_key.expose_secret());
+    AppState::new(
+        config,
+        pool.clone(),
+        EventStore::new(pool),
+        sealer,
+        Vec::new(),
+    )
+}
+
+/// Logs in as the bootstrap super admin: (access token, refresh token).
+pub async fn login(app: &TestApp) -> (String, String) {
+    login_as(app, ROOT_EMAIL, ROOT_PASSWORD).await
+}
+
+/// Logs in and returns (access token, refresh token); panics unless it succeeds.
+pub async fn login_as(app: &TestApp, email: &str, password: &str) -> (String, String) {
+    let response = app
+        .admin(reqwest::Method::POST, "/v1/admin/auth/login")
+        .json(&serde_json::json!({"email": email, "password": password}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "login as {email}");
+    let body: serde_json::Value = response.json().await.unwrap();
+    let tokens = &body["data"]["tokens"];
+    (
+        tokens["accessToken"].as_str().unwrap().to_string(),
+        tokens["refreshToken"].as_str().unwrap().to_string(),
+    )
+}
+
+/// Creates an admin through the API as `access` and logs in as it: its access token.
+pub async fn create_admin(
+    app: &TestApp,
+    access: &str,
+    email: &str,
+    role: &str,
+    permissions: &[&str],
+) -> String {
+    let password = "Another-Password-456";
+    let response = app
+        .admin(reqwest::Method::POST, "/v1/admin/users")
+        .bearer_auth(access)
+        .json(&serde_json::json!({
+            "email": email, "name": "Test Admin", "password": password, "role": role, "permissions": permissions
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201, "creating {email}");
+    login_as(app, email, password).await.0
 }

@@ -1,0 +1,558 @@
+//! The leads read models: the admin list/detail (`leads`), the timeline (`lead_history`),
+//! and the queries the admin panel runs on them.
+//!
+//! Personal data arrives sealed; the projection opens it with the lead's data key inside its
+//! own transaction. A shredded key (KVKK erasure) opens to nothing and the fields read
+//! [`ERASED`], during live processing and in every later rebuild alike.
+
+use aggregates::lead::{LeadEvent, LeadStatus, SealedText};
+use chrono::{DateTime, Utc};
+use eventstore::StoredEvent;
+use eventstore::sealing::{Sealed, Sealer};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
+use uuid::Uuid;
+
+use crate::{BoxFuture, Projection, ProjectionError};
+
+pub const NAME: &str = "leads";
+/// What erased personal data reads as.
+pub const ERASED: &str = "[silindi]";
+
+/// The personal part of a submission, sealed as one JSON value in `LeadCreated` /
+/// `LeadResubmitted`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Personal {
+    pub name: String,
+    pub email: String,
+    pub phone: String,
+    pub company: Option<String>,
+    pub message: Option<String>,
+}
+
+/// The data-key subject of a lead.
+pub fn subject(lead_id: Uuid) -> String {
+    format!("lead:{lead_id}")
+}
+
+/// Lower-case and fold Turkish letters to ASCII, so `kaya` finds `KAYA SMMM` and `isik`
+/// finds `Işık`.
+pub fn fold(text: &str) -> String {
+    let mut folded = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            'İ' | 'I' | 'ı' | 'Î' | 'î' => folded.push('i'),
+            'Ş' | 'ş' => folded.push('s'),
+            'Ğ' | 'ğ' => folded.push('g'),
+            'Ü' | 'ü' | 'Û' | 'û' => folded.push('u'),
+            'Ö' | 'ö' => folded.push('o'),
+            'Ç' | 'ç' => folded.push('c'),
+            'Â' | 'â' => folded.push('a'),
+            other => folded.extend(other.to_lowercase()),
+        }
+    }
+    folded
+}
+
+pub struct LeadsProjection {
+    sealer: Sealer,
+}
+
+impl LeadsProjection {
+    pub fn new(sealer: Sealer) -> Self {
+        Self { sealer }
+    }
+
+    async fn open<T: serde::de::DeserializeOwned>(
+        &self,
+        tx: &mut PgConnection,
+        lead_id: Uuid,
+        sealed: &SealedText,
+        event: &StoredEvent,
+    ) -> Result<Option<T>, ProjectionError> {
+        self.sealer
+            .open_json_with(tx, &subject(lead_id), &Sealed::from(sealed.0.clone()))
+            .await
+            .map_err(|e| ProjectionError::event(event, e))
+    }
+
+    async fn apply_one(
+        &self,
+        tx: &mut PgConnection,
+        event: &StoredEvent,
+    ) -> Result<(), ProjectionError> {
+        if event.stream.aggregate_type != "lead" {
+            return Ok(());
+        }
+        let lead_id: Uuid = event
+            .stream
+            .aggregate_id
+            .parse()
+            .map_err(|e| ProjectionError::event(event, e))?;
+        let lead_event: LeadEvent = serde_json::from_value(event.payload.clone())
+            .map_err(|e| ProjectionError::event(event, e))?;
+        let at = event.recorded_at;
+        let position = event.global_position();
+        let actor = event.metadata.actor.clone();
+        let (action, details): (&str, Value) = match &lead_event {
+            LeadEvent::LeadCreated {
+                personal,
+                source,
+                utm_source,
+                utm_campaign,
+            } => {
+                let p: Option<Personal> = self.open(tx, lead_id, personal, event).await?;
+                let p = p.unwrap_or_else(erased_personal);
+                let search = search_text(&p);
+                sqlx::query(
+                    "INSERT INTO leads (id, name, email, phone, company, message, source, utm_source,
+                                        utm_campaign, status, search, erased, created_at, updated_at, last_position)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'new', $10, $11, $12, $12, $13)
+                     ON CONFLICT (id) DO NOTHING",
+                )
+                .bind(lead_id)
+                .bind(&p.name)
+                .bind(&p.email)
+                .bind(&p.phone)
+                .bind(&p.company)
+                .bind(&p.message)
+                .bind(source.as_str())
+                .bind(utm_source)
+                .bind(utm_campaign)
+                .bind(&search)
+                .bind(p.name == ERASED)
+                .bind(at)
+                .bind(position)
+                .execute(&mut *tx)
+                .await?;
+                (
+                    "created",
+                    json!({"source": source.as_str(), "utmSource": utm_source, "utmCampaign": utm_campaign}),
+                )
+            }
+            LeadEvent::LeadResubmitted {
+                personal,
+                utm_source,
+                utm_campaign,
+            } => {
+                let p: Option<Personal> = self.open(tx, lead_id, personal, event).await?;
+                let message = p
+                    .as_ref()
+                    .map_or(Some(ERASED.to_string()), |p| p.message.clone());
+                self.touch(
+                    tx,
+                    lead_id,
+                    at,
+                    position,
+                    "resubmissions = resubmissions + 1,",
+                )
+                .await?;
+                (
+                    "resubmitted",
+                    json!({"message": message, "utmSource": utm_source, "utmCampaign": utm_campaign}),
+                )
+            }
+            LeadEvent::LeadStatusChanged { from, to } => {
+                sqlx::query("UPDATE leads SET status = $2, updated_at = $3, last_position = $4 WHERE id = $1")
+                    .bind(lead_id)
+                    .bind(to.as_str())
+                    .bind(at)
+                    .bind(position)
+                    .execute(&mut *tx)
+                    .await?;
+                (
+                    "status_changed",
+                    json!({"from": from.as_str(), "to": to.as_str()}),
+                )
+            }
+            LeadEvent::LeadAssigned { assignee } => {
+                sqlx::query("UPDATE leads SET assigned_to = $2, updated_at = $3, last_position = $4 WHERE id = $1")
+                    .bind(lead_id)
+                    .bind(assignee)
+                    .bind(at)
+                    .bind(position)
+                    .execute(&mut *tx)
+                    .await?;
+                ("assigned", json!({"assignedTo": assignee}))
+            }
+            LeadEvent::LeadNotesSet { notes } => {
+                let text: Option<String> = match notes {
+                    Some(sealed) => Some(
+                        self.open::<String>(tx, lead_id, sealed, event)
+                            .await?
+                            .unwrap_or_else(|| ERASED.into()),
+                    ),
+                    None => None,
+                };
+                sqlx::query("UPDATE leads SET notes = $2, updated_at = $3, last_position = $4 WHERE id = $1")
+                    .bind(lead_id)
+                    .bind(&text)
+                    .bind(at)
+                    .bind(position)
+                    .execute(&mut *tx)
+                    .await?;
+                ("note_added", json!({"notes": text}))
+            }
+            LeadEvent::LeadActivityLogged {
+                kind,
+                note,
+                occurred_at,
+            } => {
+                let text = self
+                    .open::<String>(tx, lead_id, note, event)
+                    .await?
+                    .unwrap_or_else(|| ERASED.into());
+                self.touch(tx, lead_id, at, position, "").await?;
+                (
+                    "activity_logged",
+                    json!({"type": kind.as_str(), "note": text, "occurredAt": rfc3339(*occurred_at)}),
+                )
+            }
+            LeadEvent::LeadConverted { license_id } => {
+                sqlx::query("UPDATE leads SET status = 'converted', updated_at = $2, last_position = $3 WHERE id = $1")
+                    .bind(lead_id)
+                    .bind(at)
+                    .bind(position)
+                    .execute(&mut *tx)
+                    .await?;
+                ("converted", json!({"licenseId": license_id}))
+            }
+            LeadEvent::LeadErased => {
+                sqlx::query(
+                    "UPDATE leads SET name = $2, email = $2, phone = $2,
+                            company = CASE WHEN company IS NULL THEN NULL ELSE $2 END,
+                            message = CASE WHEN message IS NULL THEN NULL ELSE $2 END,
+                            notes = CASE WHEN notes IS NULL THEN NULL ELSE $2 END,
+                            search = '', erased = true, updated_at = $3, last_position = $4
+                      WHERE id = $1",
+                )
+                .bind(lead_id)
+                .bind(ERASED)
+                .bind(at)
+                .bind(position)
+                .execute(&mut *tx)
+                .await?;
+                // Personal values inside earlier timeline entries go too.
+                sqlx::query(
+                    "UPDATE lead_history
+                        SET details = (SELECT coalesce(jsonb_object_agg(k, CASE
+                                                  WHEN k IN ('notes', 'note', 'message') AND v <> 'null'::jsonb
+                                                  THEN to_jsonb($2::text) ELSE v END), '{}'::jsonb)
+                                         FROM jsonb_each(details) AS d(k, v))
+                      WHERE lead_id = $1",
+                )
+                .bind(lead_id)
+                .bind(ERASED)
+                .execute(&mut *tx)
+                .await?;
+                ("erased", json!({}))
+            }
+        };
+        sqlx::query(
+            "INSERT INTO lead_history (lead_id, sequence, action, at, actor, details)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        )
+        .bind(lead_id)
+        .bind(event.sequence as i64)
+        .bind(action)
+        .bind(at)
+        .bind(actor)
+        .bind(details)
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn touch(
+        &self,
+        tx: &mut PgConnection,
+        lead_id: Uuid,
+        at: DateTime<Utc>,
+        position: i64,
+        // Extra assignments, each ending in a comma ("" for none).
+        extra: &'static str,
+    ) -> Result<(), ProjectionError> {
+        sqlx::query(&format!(
+            "UPDATE leads SET {extra} updated_at = $2, last_position = $3 WHERE id = $1"
+        ))
+        .bind(lead_id)
+        .bind(at)
+        .bind(position)
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
+}
+
+impl Projection for LeadsProjection {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn apply<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        events: &'a [StoredEvent],
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        Box::pin(async move {
+            for event in events {
+                self.apply_one(tx, event).await?;
+            }
+            Ok(())
+        })
+    }
+}
+
+fn erased_personal() -> Personal {
+    Personal {
+        name: ERASED.into(),
+        email: ERASED.into(),
+        phone: ERASED.into(),
+        company: Some(ERASED.into()),
+        message: Some(ERASED.into()),
+    }
+}
+
+fn search_text(p: &Personal) -> String {
+    if p.name == ERASED {
+        return String::new();
+    }
+    fold(&format!(
+        "{} {} {} {}",
+        p.name,
+        p.email,
+        p.phone,
+        p.company.as_deref().unwrap_or("")
+    ))
+}
+
+fn rfc3339(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+// ---------------------------------------------------------------------------------------
+// Queries.
+
+/// A row of the `leads` table as the admin API shows it.
+#[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
+pub struct LeadRow {
+    pub id: Uuid,
+    pub name: String,
+    pub email: String,
+    pub phone: String,
+    pub company: Option<String>,
+    pub message: Option<String>,
+    pub source: String,
+    pub utm_source: Option<String>,
+    pub utm_campaign: Option<String>,
+    pub status: String,
+    pub assigned_to: Option<String>,
+    pub notes: Option<String>,
+    pub erased: bool,
+    pub resubmissions: i32,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl LeadRow {
+    /// The lead as the admin API and the live feed show it (seed 000/001 shape).
+    pub fn to_json(&self) -> Value {
+        json!({
+            "id": self.id,
+            "name": self.name,
+            "email": self.email,
+            "phone": self.phone,
+            "company": self.company,
+            "message": self.message,
+            "source": self.source,
+            "utmSource": self.utm_source,
+            "utmCampaign": self.utm_campaign,
+            "status": self.status,
+            "assignedTo": self.assigned_to,
+            "notes": self.notes,
+            "erased": self.erased,
+            "resubmissions": self.resubmissions,
+            "createdAt": rfc3339(self.created_at),
+            "updatedAt": rfc3339(self.updated_at),
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
+pub struct HistoryRow {
+    pub sequence: i64,
+    pub action: String,
+    pub at: DateTime<Utc>,
+    pub actor: Option<String>,
+    pub details: Value,
+}
+
+impl HistoryRow {
+    pub fn to_json(&self) -> Value {
+        json!({"action": self.action, "at": rfc3339(self.at), "by": self.actor, "details": self.details})
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SortBy {
+    CreatedAt,
+    UpdatedAt,
+    Name,
+    Status,
+}
+
+impl SortBy {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "createdAt" => Some(Self::CreatedAt),
+            "updatedAt" => Some(Self::UpdatedAt),
+            "name" => Some(Self::Name),
+            "status" => Some(Self::Status),
+            _ => None,
+        }
+    }
+
+    fn column(self) -> &'static str {
+        match self {
+            Self::CreatedAt => "created_at",
+            Self::UpdatedAt => "updated_at",
+            Self::Name => "lower(name)",
+            Self::Status => "status",
+        }
+    }
+}
+
+/// Filters of the admin list and the CSV export.
+#[derive(Clone, Debug, Default)]
+pub struct LeadFilter {
+    pub status: Option<LeadStatus>,
+    pub search: Option<String>,
+    pub assigned_to: Option<String>,
+    pub source: Option<String>,
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+}
+
+impl LeadFilter {
+    fn push_where(&self, q: &mut QueryBuilder<'_, Postgres>) {
+        q.push(" WHERE true");
+        if let Some(status) = self.status {
+            q.push(" AND status = ").push_bind(status.as_str());
+        }
+        if let Some(search) = self
+            .search
+            .as_deref()
+            .map(fold)
+            .filter(|s| !s.trim().is_empty())
+        {
+            let escaped = search
+                .trim()
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            q.push(" AND search LIKE ")
+                .push_bind(format!("%{escaped}%"));
+        }
+        if let Some(assigned) = &self.assigned_to {
+            q.push(" AND assigned_to = ").push_bind(assigned.clone());
+        }
+        if let Some(source) = &self.source {
+            q.push(" AND source = ").push_bind(source.clone());
+        }
+        if let Some(from) = self.from {
+            q.push(" AND created_at >= ").push_bind(from);
+        }
+        if let Some(to) = self.to {
+            q.push(" AND created_at <= ").push_bind(to);
+        }
+    }
+}
+
+const LEAD_COLUMNS: &str =
+    "id, name, email, phone, company, message, source, utm_source, utm_campaign, status,
+                            assigned_to, notes, erased, resubmissions, created_at, updated_at";
+
+/// One page of leads and the total that match.
+pub async fn list(
+    pool: &PgPool,
+    filter: &LeadFilter,
+    sort: SortBy,
+    descending: bool,
+    page: i64,
+    limit: i64,
+) -> Result<(Vec<LeadRow>, i64), sqlx::Error> {
+    let mut count = QueryBuilder::new("SELECT count(*) FROM leads");
+    filter.push_where(&mut count);
+    let total: i64 = count.build_query_scalar().fetch_one(pool).await?;
+    let mut q = QueryBuilder::new(format!("SELECT {LEAD_COLUMNS} FROM leads"));
+    filter.push_where(&mut q);
+    let order = if descending { "DESC" } else { "ASC" };
+    q.push(format!(" ORDER BY {} {order}, id {order}", sort.column()));
+    q.push(" LIMIT ").push_bind(limit);
+    q.push(" OFFSET ").push_bind((page - 1) * limit);
+    let rows = q.build_query_as::<LeadRow>().fetch_all(pool).await?;
+    Ok((rows, total))
+}
+
+/// Every lead matching `filter`, oldest first (CSV export).
+pub async fn all(pool: &PgPool, filter: &LeadFilter) -> Result<Vec<LeadRow>, sqlx::Error> {
+    let mut q = QueryBuilder::new(format!("SELECT {LEAD_COLUMNS} FROM leads"));
+    filter.push_where(&mut q);
+    q.push(" ORDER BY created_at, id");
+    q.build_query_as::<LeadRow>().fetch_all(pool).await
+}
+
+pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<LeadRow>, sqlx::Error> {
+    sqlx::query_as(&format!("SELECT {LEAD_COLUMNS} FROM leads WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+}
+
+pub async fn history(pool: &PgPool, id: Uuid) -> Result<Vec<HistoryRow>, sqlx::Error> {
+    sqlx::query_as("SELECT sequence, action, at, actor, details FROM lead_history WHERE lead_id = $1 ORDER BY sequence")
+        .bind(id)
+        .fetch_all(pool)
+        .await
+}
+
+/// The pipeline board: per status, the count and the newest `cards_per_column` leads.
+pub async fn board(
+    pool: &PgPool,
+    cards_per_column: i64,
+) -> Result<Vec<(LeadStatus, i64, Vec<LeadRow>)>, sqlx::Error> {
+    let counts: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, count(*) FROM leads GROUP BY status")
+            .fetch_all(pool)
+            .await?;
+    let mut columns = Vec::new();
+    for status in LeadStatus::ALL {
+        let count = counts
+            .iter()
+            .find(|(s, _)| s == status.as_str())
+            .map_or(0, |(_, n)| *n);
+        let cards = sqlx::query_as(&format!(
+            "SELECT {LEAD_COLUMNS} FROM leads WHERE status = $1 ORDER BY updated_at DESC, id LIMIT $2"
+        ))
+        .bind(status.as_str())
+        .bind(cards_per_column)
+        .fetch_all(pool)
+        .await?;
+        columns.push((status, count, cards));
+    }
+    Ok(columns)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fold;
+
+    #[test]
+    fn folding_makes_turkish_text_searchable_in_ascii() {
+        assert_eq!(fold("Kaya SMMM"), "kaya smmm");
+        assert_eq!(fold("IŞIK Çağrı Öğüt"), "isik cagri ogut");
+        assert_eq!(fold("İSTANBUL"), "istanbul");
+        assert!(fold("Ahmet Kaya ahmet@kayasmmm.com").contains(&fold("KAYA")));
+    }
+}
