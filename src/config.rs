@@ -7,6 +7,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -52,6 +53,9 @@ pub struct Config {
     pub mail_from: Option<String>,
     /// Admin requests per minute per admin (per client IP before login); SPEC §4 says 100.
     pub admin_rate_limit_per_minute: u32,
+    /// How long a new `/ws/admin` socket may take to send its auth message
+    /// (`WS_AUTH_TIMEOUT_MS`; SPEC §4 says 5 s, [`crate::live::AUTH_TIMEOUT`]).
+    pub ws_auth_timeout: Duration,
     /// Where generated development credentials were written, if any were.
     pub dev_secrets_file: Option<PathBuf>,
 }
@@ -285,6 +289,17 @@ impl Config {
             },
         };
 
+        let ws_auth_timeout = match var("WS_AUTH_TIMEOUT_MS") {
+            None => crate::live::AUTH_TIMEOUT,
+            Some(text) => match text.parse::<u64>() {
+                Ok(ms) if ms > 0 => Duration::from_millis(ms),
+                _ => {
+                    problems.push("WS_AUTH_TIMEOUT_MS must be a positive number".into());
+                    crate::live::AUTH_TIMEOUT
+                }
+            },
+        };
+
         if !problems.is_empty() {
             return Err(ConfigError { problems });
         }
@@ -314,6 +329,7 @@ impl Config {
             smtp_url: var("SMTP_URL").map(SecretString::from),
             mail_from: var("MAIL_FROM"),
             admin_rate_limit_per_minute,
+            ws_auth_timeout,
             dev_secrets_file,
         })
     }
@@ -413,6 +429,7 @@ pub const VARIABLES: &[&str] = &[
     "SMTP_URL",
     "MAIL_FROM",
     "ADMIN_RATE_LIMIT_PER_MINUTE",
+    "WS_AUTH_TIMEOUT_MS",
 ];
 
 #[cfg(test)]

@@ -46,6 +46,12 @@ impl AppError {
         self.status
     }
 
+    /// The log-only detail of an internal error, for callers that log instead of answering
+    /// (the live feed).
+    pub fn internal_detail(&self) -> Option<&str> {
+        self.internal.as_deref()
+    }
+
     // ---- the table of codes -------------------------------------------------------------
 
     pub fn not_found() -> Self {

@@ -12,6 +12,7 @@ pub mod error;
 pub mod http;
 pub mod idempotency;
 pub mod leads;
+pub mod live;
 pub mod ratelimit;
 pub mod startup;
 pub mod state;

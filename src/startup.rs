@@ -118,13 +118,19 @@ pub async fn run(
         })
         .collect();
     let state = AppState::new(config, database.pool.clone(), store, sealer, handles);
-    if let Err(e) = crate::auth::bootstrap(&state).await {
+    let started = match crate::auth::bootstrap(&state).await {
+        Ok(()) => crate::live::start(&state)
+            .await
+            .context("starting the live feed"),
+        Err(e) => Err(e.context("creating the bootstrap admin")),
+    };
+    if let Err(e) = started {
         for handle in state.projections.iter() {
             handle.stop().await;
         }
         drop(state);
         let _ = database.close().await;
-        return Err(e.context("creating the bootstrap admin"));
+        return Err(e);
     }
     let address = listener.local_addr()?;
     tracing::info!(%address, embedded = database.is_embedded(), "gateway listening");
@@ -135,6 +141,8 @@ pub async fn run(
     .with_graceful_shutdown(shutdown)
     .await;
     tracing::info!("shutting down");
+    // First the feed (it waits on the projections) and with it every admin socket.
+    state.live.stop().await;
     for handle in state.projections.iter() {
         handle.stop().await;
     }

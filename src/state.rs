@@ -13,6 +13,7 @@ use sqlx::PgPool;
 use crate::config::Config;
 use crate::error::AppError;
 use crate::leads::LeadService;
+use crate::live::LiveFeed;
 use crate::ratelimit::KeyedLimiter;
 
 /// SPEC §3: landing submissions per client IP and minute.
@@ -37,6 +38,8 @@ pub struct AppState {
     pub leads: Arc<LeadService>,
     /// 10 landing submissions per minute per client IP (SPEC §3), per instance.
     pub landing_limiter: Arc<KeyedLimiter<IpAddr>>,
+    /// The live admin feed (`/ws/admin`); `startup::run` starts it.
+    pub live: Arc<LiveFeed>,
 }
 
 pub struct Readiness {
@@ -69,6 +72,7 @@ impl AppState {
                 LANDING_PER_MINUTE,
                 Duration::from_secs(60),
             )),
+            live: Arc::new(LiveFeed::new(crate::live::CHANNEL_CAPACITY)),
         }
     }
 
@@ -119,12 +123,20 @@ impl AppState {
             ready &= ok;
             projections.push(detail);
         }
+        let live = self.live.status();
+        ready &= live.ok;
         Readiness {
             ready,
             checks: json!({
                 "database": database,
                 "migrations": {"ok": migrations_ok, "applied": applied, "expected": expected},
                 "projections": projections,
+                "liveFeed": {
+                    "ok": live.ok,
+                    "cursor": live.position,
+                    "subscriptions": live.subscriptions,
+                    "sockets": live.sockets,
+                },
             }),
         }
     }

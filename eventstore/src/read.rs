@@ -73,6 +73,23 @@ impl EventStore {
         read_page(&self.pool, after, limit).await
     }
 
+    /// The cursor of the newest settled event ([`Cursor::START`] for an empty log): a reader
+    /// that starts here gets exactly the events that settle from now on (the live feed starts
+    /// here). Same fence and same single statement as [`read_page`], read backwards along
+    /// the catch-up index.
+    pub async fn head(&self) -> Result<Cursor, StoreError> {
+        let row: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT transaction_id, global_position
+               FROM events
+              WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+              ORDER BY transaction_id DESC, global_position DESC
+              LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map_or(Cursor::START, |(tx, pos)| Cursor::new(tx, pos)))
+    }
+
     /// Every event of one stream in version order (for loading an aggregate).
     pub async fn read_stream(&self, stream: &StreamId) -> Result<Vec<StoredEvent>, StoreError> {
         let rows = sqlx::query_as::<_, EventRow>(

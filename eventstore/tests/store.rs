@@ -557,6 +557,41 @@ async fn a_subscription_catches_up_then_follows(pool: PgPool) {
     assert_eq!(got[0].event_id, next.events[0].event_id);
 }
 
+#[sqlx::test(migrations = "../migrations")]
+async fn the_head_is_the_newest_settled_event_and_nothing_after_it_is_lost(pool: PgPool) {
+    let store = EventStore::new(pool.clone());
+    assert_eq!(store.head().await.unwrap(), Cursor::START, "empty log");
+    let settled = store
+        .append(&StreamId::new("counter", "h1"), 0, &[event(1), event(2)])
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while store.head().await.unwrap() != settled.cursor().unwrap() {
+        assert!(
+            Instant::now() < deadline,
+            "the head never reached the append"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // A committed event above an open lower transaction is not settled: not the head yet.
+    let mut slow = pool.begin().await.unwrap();
+    let slow_id = insert_raw(&mut slow, "slow", None).await;
+    let fast = store
+        .append(&StreamId::new("counter", "h2"), 0, &[event(3)])
+        .await
+        .unwrap();
+    let head = store.head().await.unwrap();
+    assert_eq!(head, settled.cursor().unwrap());
+
+    // A reader starting at the head gets both, in the catch-up order, once the slow one commits.
+    slow.commit().await.unwrap();
+    assert_eq!(
+        read_until(&store, head, 2).await,
+        [slow_id, fast.events[0].event_id]
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // Property: many writers with delays, rollbacks and conflicts; many readers with random page
 // sizes and restarts. Every reader sees exactly the committed events, once, in one order.

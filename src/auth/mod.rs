@@ -32,7 +32,7 @@ use axum::extract::FromRequestParts;
 use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use projections::Projection;
 use projections::admins::{self, AdminsProjection};
 use secrecy::ExposeSecret;
@@ -85,6 +85,8 @@ pub struct AdminPrincipal {
     pub email: String,
     pub role: Role,
     pub permissions: Vec<Permission>,
+    /// When the presented access token runs out (the live feed closes its socket then).
+    pub expires_at: DateTime<Utc>,
 }
 
 impl AdminPrincipal {
@@ -115,7 +117,7 @@ impl FromRequestParts<AppState> for AdminPrincipal {
         let claims = state.auth.tokens.verify(token, Utc::now())?;
         // Counted before the database is asked, after the signature proved who it is.
         state.auth.limits.admin_request(claims.sub)?;
-        let principal = load_principal(state, claims.sub, claims.sid).await?;
+        let principal = load_principal(state, &claims).await?;
         // For handlers that need the session too (logout); extractors share `parts`.
         parts.extensions.insert(SessionId(claims.sid));
         Ok(principal)
@@ -133,15 +135,15 @@ pub async fn verify_access_token(
     token: &str,
 ) -> Result<AdminPrincipal, AppError> {
     let claims = state.auth.tokens.verify(token, Utc::now())?;
-    load_principal(state, claims.sub, claims.sid).await
+    load_principal(state, &claims).await
 }
 
 /// The admin and session a genuine token names, as they are now.
 async fn load_principal(
     state: &AppState,
-    admin_id: Uuid,
-    session: Uuid,
+    claims: &tokens::AccessClaims,
 ) -> Result<AdminPrincipal, AppError> {
+    let (admin_id, session) = (claims.sub, claims.sid);
     let Some(admin) = admins::find_by_id(&state.pool, admin_id).await? else {
         return Err(errors::invalid_token());
     };
@@ -156,6 +158,7 @@ async fn load_principal(
         permissions: effective_permissions(admin.role, &admin.permissions),
         email: admin.email,
         role: admin.role,
+        expires_at: DateTime::from_timestamp(claims.exp, 0).unwrap_or_else(Utc::now),
     })
 }
 

@@ -458,6 +458,7 @@ mod tests {
             email: "a@example.com".into(),
             role: Role::Admin,
             permissions: vec![Permission::Users, Permission::Leads],
+            expires_at: Utc::now(),
         };
         assert!(may_grant(&admin, Role::Viewer, &[Permission::Leads]).is_ok());
         assert!(may_grant(&admin, Role::Admin, &[Permission::Settings]).is_err());

@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use crate::error::AppError;
 
-pub use routes::{admin_router, landing_router};
+pub use routes::{admin_router, landing_router, lead_detail};
 
 /// How long a submission may spend meeting concurrent submissions of the same contact.
 const SUBMIT_DEADLINE: Duration = Duration::from_secs(5);
@@ -243,9 +243,11 @@ impl LeadService {
         notes: Option<Option<String>>,
         metadata: &Metadata,
     ) -> Result<Option<Cursor>, AppError> {
-        self.live(lead_id).await?;
         let notes = match notes {
-            Some(Some(text)) => Some(Some(self.seal_text(lead_id, &text).await?)),
+            Some(Some(text)) => {
+                self.live(lead_id).await?;
+                Some(Some(self.seal_text(lead_id, &text).await?))
+            }
             Some(None) => Some(None),
             None => None,
         };

@@ -8,3 +8,4 @@ mod health;
 #[expect(dead_code, reason = "shared helpers; not every test uses every one")]
 mod helpers;
 mod leads;
+mod live;

@@ -1,0 +1,175 @@
+//! The one subscription of this instance: follow the log, map, fan out.
+
+use std::future::Future;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use eventstore::{Cursor, StoreError};
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
+
+use super::mapping::{self, FeedItem};
+use crate::state::AppState;
+
+/// Events read per page (the projections read 500 too).
+const PAGE_SIZE: i64 = 500;
+/// Pause before retrying after a database error or a read model that did not catch up.
+const RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// The broadcast side of the live feed. Sockets take a receiver with [`LiveFeed::subscribe`];
+/// the task started by [`start`] is the only sender.
+pub struct LiveFeed {
+    channel: broadcast::Sender<FeedItem>,
+    /// The cursor of the last event the feed has dealt with. It moves after that event's
+    /// messages are in the channel, under this lock; [`LiveFeed::subscribe`] takes a receiver
+    /// under it too, so a receiver holds exactly the messages after the position it got.
+    position: Mutex<Cursor>,
+    shutdown: watch::Sender<bool>,
+    task: Mutex<Option<JoinHandle<()>>>,
+    /// Event-store subscriptions held by this feed: 1 while it runs, whatever the number of
+    /// sockets (reported by `/ready`).
+    subscriptions: AtomicUsize,
+}
+
+/// What `/ready` reports about the feed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LiveStatus {
+    /// False only when the feed task ended without being asked to (a panic).
+    pub ok: bool,
+    pub position: Cursor,
+    pub subscriptions: usize,
+    pub sockets: usize,
+}
+
+impl LiveFeed {
+    pub fn new(capacity: usize) -> Self {
+        let (channel, _) = broadcast::channel(capacity);
+        Self {
+            channel,
+            position: Mutex::new(Cursor::START),
+            shutdown: watch::Sender::new(false),
+            task: Mutex::new(None),
+            subscriptions: AtomicUsize::new(0),
+        }
+    }
+
+    /// A receiver of every message after the returned cursor, and that cursor.
+    pub fn subscribe(&self) -> (broadcast::Receiver<FeedItem>, Cursor) {
+        let position = self.position.lock().expect("not poisoned");
+        (self.channel.subscribe(), *position)
+    }
+
+    /// Resolves once the gateway is stopping (at once if it already is).
+    pub fn stopping(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut shutdown = self.shutdown.subscribe();
+        async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        }
+    }
+
+    /// Stops the feed and tells every socket to close (1001); waits for the feed task.
+    pub async fn stop(&self) {
+        self.shutdown.send_replace(true);
+        let task = self.task.lock().expect("not poisoned").take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+
+    pub fn status(&self) -> LiveStatus {
+        let died = self
+            .task
+            .lock()
+            .expect("not poisoned")
+            .as_ref()
+            .is_some_and(|task| task.is_finished());
+        LiveStatus {
+            ok: !died,
+            position: *self.position.lock().expect("not poisoned"),
+            subscriptions: self.subscriptions.load(Ordering::Relaxed),
+            sockets: self.channel.receiver_count(),
+        }
+    }
+
+    /// Sends `items` to every socket, then moves the position to `through`.
+    fn publish(&self, items: Vec<FeedItem>, through: Cursor) {
+        let mut position = self.position.lock().expect("not poisoned");
+        for item in items {
+            // An error only means that no socket is connected.
+            let _ = self.channel.send(item);
+        }
+        *position = through;
+    }
+}
+
+/// Starts the feed of `state.live` at the log's head: only what settles from now on is
+/// pushed (a reconnecting panel asks for the past with `since`). Call once, before serving.
+pub async fn start(state: &AppState) -> Result<(), StoreError> {
+    let head = state.store.head().await?;
+    let feed = &state.live;
+    *feed.position.lock().expect("not poisoned") = head;
+    let task = tokio::spawn(run(state.clone(), head));
+    *feed.task.lock().expect("not poisoned") = Some(task);
+    tracing::info!(live.position = %head, "live feed started");
+    Ok(())
+}
+
+async fn run(state: AppState, from: Cursor) {
+    let feed = &state.live;
+    let mut subscription = state.store.subscribe(from, PAGE_SIZE);
+    feed.subscriptions.fetch_add(1, Ordering::Relaxed);
+    while let Some(events) = until_stopped(feed, subscription.next_batch()).await {
+        let events = match events {
+            Ok(events) => events,
+            Err(e) => {
+                // The subscription keeps its cursor: the retry reads the same page again.
+                tracing::warn!(error = %e, "live feed cannot read the log; retrying");
+                if until_stopped(feed, tokio::time::sleep(RETRY_DELAY))
+                    .await
+                    .is_none()
+                {
+                    break;
+                }
+                continue;
+            }
+        };
+        let Some(items) = map_until_done(&state, &events).await else {
+            break;
+        };
+        let through = events.last().expect("batches are never empty").cursor;
+        feed.publish(items, through);
+    }
+    feed.subscriptions.fetch_sub(1, Ordering::Relaxed);
+    tracing::info!("live feed stopped");
+}
+
+/// Maps a batch, retrying until it works: skipping would leave a gap in every panel, so a
+/// broken read model stalls the feed (loudly) instead. `None` when stopped meanwhile.
+async fn map_until_done(
+    state: &AppState,
+    events: &[eventstore::StoredEvent],
+) -> Option<Vec<FeedItem>> {
+    loop {
+        match until_stopped(&state.live, mapping::items(state, events)).await? {
+            Ok(items) => return Some(items),
+            Err(e) => {
+                tracing::error!(
+                    error = %e,
+                    error.detail = e.internal_detail().unwrap_or(""),
+                    live.position = %events[0].cursor,
+                    "live feed cannot map events; retrying"
+                );
+                until_stopped(&state.live, tokio::time::sleep(RETRY_DELAY)).await?;
+            }
+        }
+    }
+}
+
+/// `future`'s output, or `None` when the feed is stopped first.
+async fn until_stopped<T>(feed: &LiveFeed, future: impl Future<Output = T>) -> Option<T> {
+    tokio::select! {
+        output = future => Some(output),
+        () = feed.stopping() => None,
+    }
+}

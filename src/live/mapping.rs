@@ -1,0 +1,185 @@
+//! From stored events to what the panels receive. The feed and the `since` replay both map
+//! with [`items`], so a replayed message is the message that was pushed live (with data as
+//! the read model has it now).
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+
+use aggregates::admin::{self, AdminEvent, Permission};
+use aggregates::lead::LeadEvent;
+use axum::extract::ws::Utf8Bytes;
+use eventstore::{Cursor, StoredEvent};
+use projections::leads as read;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::error::AppError;
+use crate::state::AppState;
+use crate::time::rfc3339;
+
+/// The stream type of leads (`aggregates::lead::Lead::TYPE`).
+const LEAD: &str = "lead";
+
+/// What goes through the feed's channel.
+#[derive(Clone, Debug)]
+pub enum FeedItem {
+    /// For every socket whose admin holds the message's permission.
+    Message(LiveMessage),
+    /// This admin's account changed (role, permissions, deactivation, password): their
+    /// sockets re-check the token now rather than at the next periodic check. Never sent.
+    AdminChanged(Uuid),
+}
+
+/// One message for the panels, serialised once for all sockets (cloning is a reference
+/// count).
+#[derive(Clone, Debug)]
+pub struct LiveMessage {
+    pub cursor: Cursor,
+    pub permission: Permission,
+    pub text: Utf8Bytes,
+}
+
+/// The message types this gateway pushes so far.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Kind {
+    NewLead,
+    LeadUpdated,
+    LeadConverted,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::NewLead => "NEW_LEAD",
+            Kind::LeadUpdated => "LEAD_UPDATED",
+            Kind::LeadConverted => "LEAD_CONVERTED",
+        }
+    }
+
+    /// What an admin needs to receive it.
+    fn permission(self) -> Permission {
+        match self {
+            Kind::NewLead | Kind::LeadUpdated | Kind::LeadConverted => Permission::Leads,
+        }
+    }
+}
+
+/// What one event means for the feed.
+enum Meaning {
+    Lead { id: Uuid, kind: Kind },
+    AdminChanged(Uuid),
+}
+
+impl Meaning {
+    /// The read model that must include the event before it is pushed: lead data is read
+    /// from `leads`, and a socket re-checks its admin against `admins`.
+    fn projection(&self) -> &'static str {
+        match self {
+            Meaning::Lead { .. } => read::NAME,
+            Meaning::AdminChanged(_) => projections::admins::NAME,
+        }
+    }
+}
+
+/// The feed's items for `events`, in their order. Waits until each read model involved has
+/// processed the batch's last event for it, then reads each lead once per batch and shape.
+pub async fn items(state: &AppState, events: &[StoredEvent]) -> Result<Vec<FeedItem>, AppError> {
+    let meanings: Vec<(&StoredEvent, Meaning)> = events
+        .iter()
+        .filter_map(|event| meaning(event).map(|m| (event, m)))
+        .collect();
+    let mut waits: HashMap<&'static str, Cursor> = HashMap::new();
+    for (event, meaning) in &meanings {
+        waits.insert(meaning.projection(), event.cursor);
+    }
+    for (projection, cursor) in waits {
+        state.wait_for(projection, cursor).await?;
+    }
+    // NEW_LEAD carries the list row (seed 000), the others the admin GET shape; a lead
+    // changed twice in one batch reads the same either time.
+    let mut leads: HashMap<(Uuid, bool), Option<Value>> = HashMap::new();
+    let mut items = Vec::with_capacity(meanings.len());
+    for (event, meaning) in meanings {
+        let (id, kind) = match meaning {
+            Meaning::AdminChanged(id) => {
+                items.push(FeedItem::AdminChanged(id));
+                continue;
+            }
+            Meaning::Lead { id, kind } => (id, kind),
+        };
+        let detail = kind != Kind::NewLead;
+        let data = match leads.entry((id, detail)) {
+            Entry::Occupied(known) => known.get().clone(),
+            Entry::Vacant(slot) => slot.insert(lead_json(state, id, detail).await?).clone(),
+        };
+        let Some(data) = data else {
+            tracing::warn!(
+                lead.id = %id,
+                event.cursor = %event.cursor,
+                "lead missing from the read model; not pushed"
+            );
+            continue;
+        };
+        items.push(FeedItem::Message(message(kind, event, data)));
+    }
+    Ok(items)
+}
+
+/// Which events are pushed, and as what. Other aggregates (and events that cannot be
+/// decoded, which the projections refuse loudly anyway) push nothing.
+fn meaning(event: &StoredEvent) -> Option<Meaning> {
+    let id: Uuid = event.stream.aggregate_id.parse().ok()?;
+    match event.stream.aggregate_type.as_str() {
+        LEAD => {
+            let kind = match LeadEvent::deserialize(&event.payload).ok()? {
+                LeadEvent::LeadCreated { .. } | LeadEvent::LeadResubmitted { .. } => Kind::NewLead,
+                LeadEvent::LeadStatusChanged { .. }
+                | LeadEvent::LeadAssigned { .. }
+                | LeadEvent::LeadNotesSet { .. }
+                | LeadEvent::LeadActivityLogged { .. }
+                | LeadEvent::LeadErased => Kind::LeadUpdated,
+                LeadEvent::LeadConverted { .. } => Kind::LeadConverted,
+            };
+            Some(Meaning::Lead { id, kind })
+        }
+        admin::AGGREGATE_TYPE => match AdminEvent::deserialize(&event.payload).ok()? {
+            AdminEvent::AdminRoleChanged { .. }
+            | AdminEvent::AdminDeactivated { .. }
+            | AdminEvent::AdminReactivated { .. }
+            | AdminEvent::AdminPasswordChanged { .. } => Some(Meaning::AdminChanged(id)),
+            AdminEvent::AdminCreated { .. }
+            | AdminEvent::AdminRenamed { .. }
+            | AdminEvent::AdminLoggedIn { .. } => None,
+        },
+        _ => None,
+    }
+}
+
+/// The lead as the list shows it, or with `detail` as `GET /v1/admin/leads/:id` answers;
+/// `None` if the read model does not have it.
+async fn lead_json(state: &AppState, id: Uuid, detail: bool) -> Result<Option<Value>, AppError> {
+    if !detail {
+        return Ok(read::get(&state.pool, id).await?.map(|row| row.to_json()));
+    }
+    match crate::leads::lead_detail(state, id).await {
+        Ok(value) => Ok(Some(value)),
+        Err(e) if e.status() == axum::http::StatusCode::NOT_FOUND => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn message(kind: Kind, event: &StoredEvent, data: Value) -> LiveMessage {
+    let text = json!({
+        "type": kind.as_str(),
+        "timestamp": rfc3339(event.recorded_at),
+        "cursor": event.cursor,
+        "data": data,
+    })
+    .to_string();
+    LiveMessage {
+        cursor: event.cursor,
+        permission: kind.permission(),
+        text: text.into(),
+    }
+}

@@ -1,0 +1,89 @@
+//! The live admin feed, `GET /ws/admin` (SPEC §4): what happens in the event log, pushed to
+//! the admin panels as it happens.
+//!
+//! * [`feed`]: **one** event-store subscription per gateway instance ([`LiveFeed`], started
+//!   by `startup::run`, kept in `AppState`, stopped on shutdown). It follows the log from its
+//!   head at start-up, turns each event into a message once, and fans the messages out to
+//!   every socket over a `tokio::sync::broadcast` channel. HTTP handlers push nothing: an
+//!   event is pushed because it is in the log, whoever wrote it (this instance, another one,
+//!   an import).
+//! * [`mapping`]: event → message. Lead data is read from the `leads` read model after that
+//!   projection has processed the event, so it reflects the event (and shows `[silindi]`
+//!   once a lead is erased). Each message says which permission it needs.
+//! * `socket`: one task per connection: the auth message, the optional replay from
+//!   `since`, then the live loop, which filters by the admin's permissions and drops the
+//!   socket rather than wait for it.
+//!
+//! # Protocol
+//!
+//! The client's first message, within [`AUTH_TIMEOUT`] (`WS_AUTH_TIMEOUT_MS`), is
+//! `{"type": "auth", "token": "<accessToken>", "since"?: "<cursor>"}`; the answer is
+//! `{"type": "AUTH_OK", "cursor"}`. Then, in log order, `{"type", "timestamp", "cursor",
+//! "data"}` with `type` one of `NEW_LEAD`, `LEAD_UPDATED`, `LEAD_CONVERTED`. A client keeps
+//! the `cursor` of the last message it handled (or of `AUTH_OK`) and sends it as `since` when
+//! it reconnects.
+//!
+//! # Close codes
+//!
+//! | code | reason | when |
+//! |---|---|---|
+//! | 4401 | `AUTH_TIMEOUT`, `AUTH_REQUIRED`, `INVALID_TOKEN`, `TOKEN_EXPIRED`, `ACCOUNT_DEACTIVATED` | no or malformed auth message in time, a bad token, the token ran out while connected, the admin was deactivated or the session ended |
+//! | 4400 | `INVALID_CURSOR` | `since` is not a cursor this gateway gave out |
+//! | 4408 | `TOO_SLOW` | the socket fell [`CHANNEL_CAPACITY`] messages behind, or one send took longer than [`SEND_TIMEOUT`] |
+//! | 1001 | `SERVER_SHUTTING_DOWN` | the gateway is stopping |
+//! | 1011 | `INTERNAL_ERROR` | the database failed us |
+//!
+//! # Resuming without gaps or duplicates
+//!
+//! The feed moves its position (the cursor of the last event it has dealt with) only after
+//! the event's messages are in the channel, and it does both under one lock; a socket
+//! subscribes to the channel and reads that position under the same lock. So the receiver
+//! holds exactly the messages after the position `P` it got. With `since`, the socket first
+//! replays the log itself from `since` up to `P` (reading with `read_page` and mapping with
+//! the same function), then reads the receiver, skipping any message at or below the last
+//! cursor it sent. Cursors are totally ordered and the store's fence guarantees that every
+//! event at or below `P` is visible to the replay, so nothing is missed and nothing is sent
+//! twice; a `since` ahead of this instance (another instance gave it out) just skips.
+
+pub mod feed;
+pub mod mapping;
+mod socket;
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+
+pub use feed::{LiveFeed, LiveStatus, start};
+pub use mapping::{FeedItem, LiveMessage};
+
+use crate::state::AppState;
+
+/// SPEC §4: the auth message must arrive within 5 s (the default of `WS_AUTH_TIMEOUT_MS`).
+pub const AUTH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Messages a socket may fall behind the feed before it is dropped.
+pub const CHANNEL_CAPACITY: usize = 1024;
+/// Longest a single send to one socket may take; a client that does not read for this
+/// long (with its TCP buffers full) is dropped.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often a connection re-checks its token against the database (logout, revoked
+/// session); changes to the admin itself are noticed at once from the admin events.
+pub const RECHECK_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Close codes of `/ws/admin`.
+pub mod close {
+    /// Not authenticated (any more).
+    pub const UNAUTHORIZED: u16 = 4401;
+    /// A malformed `since`.
+    pub const BAD_REQUEST: u16 = 4400;
+    /// The client does not keep up.
+    pub const TOO_SLOW: u16 = 4408;
+    pub const GOING_AWAY: u16 = axum::extract::ws::close_code::AWAY;
+    pub const INTERNAL_ERROR: u16 = axum::extract::ws::close_code::ERROR;
+}
+
+/// `GET /ws/admin`. No `X-Admin-Secret` (browsers cannot set headers on a WebSocket): the
+/// auth message is the authentication.
+pub fn router() -> Router<AppState> {
+    Router::new().route("/ws/admin", get(socket::upgrade))
+}
