@@ -13,6 +13,7 @@ pub mod http;
 pub mod idempotency;
 pub mod leads;
 pub mod live;
+pub mod metrics;
 pub mod ratelimit;
 pub mod startup;
 pub mod state;

@@ -96,6 +96,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    crate::metrics::handle();
     let database = Database::open(&config).await?;
     if let Err(e) = database.migrate().await {
         let _ = database.close().await;

@@ -106,6 +106,7 @@ impl EventStore {
                 .await;
         }
         self.notify_appended();
+        metrics::counter!("eventstore_events_appended_total").increment(rows.len() as u64);
         Ok(AppendOutcome {
             version: new_version as u64,
             events: stored(stream, events, rows)?,

@@ -372,6 +372,8 @@ impl Runner {
                 ));
             }
             tx.commit().await?;
+            metrics::counter!("projection_events_handled_total", "projection" => name)
+                .increment(page.len() as u64);
             checkpoint = last;
             self.status.send_modify(|s| {
                 s.checkpoint = last;
@@ -389,6 +391,7 @@ impl Runner {
     ) -> Result<TermEnd, sqlx::Error> {
         let name = self.projection.name();
         tracing::error!(projection = name, error = %error, "projection stopped by a handler error");
+        metrics::counter!("projection_failures_total", "projection" => name).increment(1);
         let text = error.to_string();
         sqlx::query(
             "UPDATE projection_checkpoints SET status = 'failed', last_error = $2, updated_at = now()

@@ -35,6 +35,7 @@ pub fn app(state: AppState) -> Router {
 pub fn api() -> Router<AppState> {
     Router::new()
         .merge(health::router())
+        .merge(crate::metrics::router())
         .merge(crate::auth::router())
         .merge(crate::leads::admin_router())
         .merge(crate::leads::landing_router())
@@ -57,6 +58,7 @@ pub fn finish(routes: Router<AppState>, state: AppState) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             Duration::from_secs(30),
         ))
+        .layer(middleware::from_fn(crate::metrics::track_http))
         .layer(middleware::from_fn(envelope_bare_errors))
         // Before routing, so preflights are answered for any route of the group.
         .layer(cors)

@@ -76,3 +76,38 @@ async fn a_request_in_flight_finishes_during_graceful_shutdown(pool: PgPool) {
     }
     stopped.await.unwrap().unwrap();
 }
+
+#[sqlx::test(migrations = false)]
+async fn metrics_show_latency_appends_projection_lag_fence_and_sockets(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let created = app
+        .client
+        .post(app.url("/v1/leads"))
+        .header("X-API-Key", crate::helpers::LANDING_KEY)
+        .json(&serde_json::json!({"name": "Metrik Deneme", "email": "m@ornek.com", "phone": "05321112233"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let response = app.client.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = response.text().await.unwrap();
+    for needle in [
+        "http_request_duration_seconds_bucket{method=\"POST\",route=\"/v1/leads\",status=\"201\"",
+        "eventstore_events_appended_total",
+        "projection_lag_events{projection=\"leads\"}",
+        "projection_lag_seconds{projection=\"admins\"}",
+        "eventstore_oldest_xact_age_seconds",
+        "eventstore_events_held_by_fence",
+        "websocket_connections",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from:\n{text}");
+    }
+    app.stop().await.unwrap();
+}
