@@ -255,6 +255,50 @@ async fn several_events_of_one_command_commit_together_with_metadata(pool: PgPoo
 }
 
 #[sqlx::test(migrations = "../migrations")]
+async fn appends_of_any_size_keep_their_order_in_both_statement_forms(pool: PgPool) {
+    let store = EventStore::new(pool.clone());
+    // 1 and 17 events use the VALUES form (cached and built on demand), 1001 the array form.
+    let mut version = 0;
+    for (n, new_stream) in [(1, true), (17, false), (1001, false), (3, false)] {
+        let stream = StreamId::new("counter", "big");
+        let events: Vec<_> = (0..n).map(|i| event(i as i64)).collect();
+        let outcome = store.append(&stream, version, &events).await.unwrap();
+        assert_eq!(
+            outcome.events.len(),
+            n,
+            "{n} events (new stream: {new_stream})"
+        );
+        let ids: Vec<Uuid> = outcome.events.iter().map(|e| e.event_id).collect();
+        assert_eq!(ids, events.iter().map(|e| e.event_id).collect::<Vec<_>>());
+        let sequences: Vec<u64> = outcome.events.iter().map(|e| e.sequence).collect();
+        assert_eq!(
+            sequences,
+            ((version + 1)..=(version + n as u64)).collect::<Vec<_>>()
+        );
+        let positions: Vec<i64> = outcome.events.iter().map(|e| e.global_position()).collect();
+        assert!(
+            positions.windows(2).all(|w| w[0] < w[1]),
+            "positions follow the events' order"
+        );
+        version += n as u64;
+        // The same append again is an idempotent retry in either form.
+        assert_eq!(
+            store
+                .append(&stream, version - n as u64, &events)
+                .await
+                .unwrap(),
+            outcome
+        );
+    }
+    let loaded = store
+        .read_stream(&StreamId::new("counter", "big"))
+        .await
+        .unwrap();
+    assert_eq!(loaded.len(), 1 + 17 + 1001 + 3);
+    assert_eq!(loaded[1000].payload, json!({"Added": {"by": 982}}));
+}
+
+#[sqlx::test(migrations = "../migrations")]
 async fn a_retried_append_returns_the_original_result(pool: PgPool) {
     let store = EventStore::new(pool.clone());
     let stream = StreamId::new("counter", "r");

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Builds the event store benchmark in release mode and runs it against a fresh scratch
+# database (bench_<random>) on the server in DATABASE_URL, which is dropped afterwards.
+# Extra arguments go to the bench, e.g. `ops/bench/run.sh --seconds 3 --diagnose`.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+
+cargo build --release -p bench
+
+db="bench_$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')"
+keep=0
+for arg in "$@"; do
+    [[ "$arg" == "--keep-db" ]] && keep=1
+done
+
+# The bench drops its database itself (also on error and Ctrl-C); this is the safety net for
+# a bench that was killed outright.
+cleanup() {
+    if [[ $keep == 0 ]] && command -v psql >/dev/null 2>&1; then
+        psql "$DATABASE_URL" -qAtX -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 || true
+    fi
+}
+trap cleanup EXIT
+
+./target/release/bench --db-name "$db" "$@"
