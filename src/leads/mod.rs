@@ -7,7 +7,7 @@ mod csv;
 mod routes;
 
 use aggregates::lead::{
-    ActivityKind, Lead, LeadCommand, LeadError, LeadSource, LeadStatus, SealedText,
+    ActivityKind, Lead, LeadCommand, LeadError, LeadEvent, LeadSource, LeadStatus, SealedText,
 };
 use std::time::{Duration, Instant};
 
@@ -74,12 +74,7 @@ impl LeadService {
         submission: Submission,
         metadata: &Metadata,
     ) -> Result<Submitted, AppError> {
-        let digests = vec![
-            self.sealer
-                .digest(&format!("email:{}", submission.personal.email)),
-            self.sealer
-                .digest(&format!("phone:{}", submission.personal.phone)),
-        ];
+        let digests = self.contact_digests(&submission.personal);
         let deadline = Instant::now() + SUBMIT_DEADLINE;
         while Instant::now() < deadline {
             let new_id = Uuid::now_v7();
@@ -261,10 +256,62 @@ impl LeadService {
             .execute(&lead_id.to_string(), command, metadata)
             .await
             .map_err(command_error)?;
+        let reopened = outcome.events.iter().any(|e| {
+            matches!(e, LeadEvent::LeadStatusChanged { from, to } if !from.is_open() && to.is_open())
+        });
         if !outcome.aggregate.status().is_open() {
             self.release(lead_id).await?;
+        } else if reopened {
+            self.reserve_again(lead_id).await?;
         }
         Ok(outcome.cursor())
+    }
+
+    /// The keyed digests under which a contact is reserved (never the values in clear).
+    fn contact_digests(&self, personal: &Personal) -> Vec<String> {
+        vec![
+            self.sealer.digest(&format!("email:{}", personal.email)),
+            self.sealer.digest(&format!("phone:{}", personal.phone)),
+        ]
+    }
+
+    /// A lost lead that is worked again owns its contact again (unless another open lead took
+    /// it meanwhile), so new submissions land on it. The contact is read from its creation.
+    async fn reserve_again(&self, lead_id: Uuid) -> Result<(), AppError> {
+        let stream = CommandHandler::<Lead>::stream(&lead_id.to_string());
+        let Some(first) = self
+            .handler
+            .store()
+            .read_stream(&stream)
+            .await?
+            .into_iter()
+            .next()
+        else {
+            return Ok(());
+        };
+        let Ok(LeadEvent::LeadCreated { personal, .. }) = serde_json::from_value(first.payload)
+        else {
+            return Ok(());
+        };
+        let sealed = eventstore::sealing::Sealed::from(personal.0);
+        let Some(contact) = self
+            .sealer
+            .open_json::<Personal>(&subject(lead_id), &sealed)
+            .await
+            .map_err(AppError::internal)?
+        else {
+            return Ok(()); // erased meanwhile
+        };
+        let digests = self.contact_digests(&contact);
+        sqlx::query(
+            "INSERT INTO lead_contacts (digest, lead_id) SELECT d, $2 FROM unnest($1::text[]) AS d
+             ON CONFLICT (digest) DO NOTHING",
+        )
+        .bind(&digests)
+        .bind(lead_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     pub async fn log_activity(

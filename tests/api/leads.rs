@@ -998,3 +998,41 @@ async fn erasure_shreds_the_lead_everywhere_and_survives_a_rebuild(pool: PgPool)
     assert_eq!(kept_detail["data"]["email"], "zeynep@demir.net");
     app.stop().await.unwrap();
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_lost_lead_gets_no_resubmissions_until_it_is_reopened(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let (token, _) = login(&app).await;
+    let patch = |id: String, status: &'static str| {
+        admin(
+            &app,
+            reqwest::Method::PATCH,
+            &format!("/v1/admin/leads/{id}"),
+            &token,
+        )
+        .json(&json!({"status": status}))
+        .send()
+    };
+    let first = create(&app, &seed_lead()).await;
+    assert_eq!(
+        patch(first.clone(), "lost").await.unwrap().status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        patch(first.clone(), "contacted").await.unwrap().status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        create(&app, &seed_lead()).await,
+        first,
+        "reopened: the contact is its own again"
+    );
+
+    assert_eq!(
+        patch(first.clone(), "lost").await.unwrap().status(),
+        StatusCode::OK
+    );
+    let second = create(&app, &seed_lead()).await;
+    assert_ne!(second, first, "a lost lead takes no resubmission");
+    app.stop().await.unwrap();
+}
