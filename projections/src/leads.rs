@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
-use crate::{BoxFuture, Projection, ProjectionError};
+use crate::{BoxFuture, Projection, ProjectionError, rfc3339};
 
 pub const NAME: &str = "leads";
 /// What erased personal data reads as.
@@ -325,10 +325,6 @@ fn search_text(p: &Personal) -> String {
         p.phone,
         p.company.as_deref().unwrap_or("")
     ))
-}
-
-fn rfc3339(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 // ---------------------------------------------------------------------------------------

@@ -14,3 +14,9 @@ pub use runner::{
     BoxFuture, Projection, ProjectionError, ProjectionHandle, ProjectionState, ProjectionStatus,
     RunnerConfig, WaitError, spawn,
 };
+
+/// Timestamps as the API writes them: RFC 3339, UTC, milliseconds (SPEC §1). Read models
+/// render API shapes, so the format lives here for them and for the gateway.
+pub fn rfc3339(at: chrono::DateTime<chrono::Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
