@@ -10,6 +10,9 @@ use sqlx::PgPool;
 
 use crate::error::{AppError, AppResult};
 
+/// A request still unanswered after this long is presumed dead.
+const STALE_CLAIM_SECS: u64 = 60;
+
 fn hash(body: &[u8]) -> String {
     Sha256::digest(body)
         .iter()
@@ -36,6 +39,23 @@ pub async fn begin(
     .rows_affected()
         == 1;
     if claimed {
+        return Ok(None);
+    }
+    // A claim whose request never finished (the process died, a panic) is taken over after
+    // a while, so the key is not blocked for good.
+    let taken_over = sqlx::query(
+        "UPDATE idempotency_keys SET created_at = now(), request_hash = $3
+          WHERE scope = $1 AND key = $2 AND status IS NULL AND created_at < now() - $4::interval",
+    )
+    .bind(scope)
+    .bind(key)
+    .bind(&request_hash)
+    .bind(format!("{} seconds", STALE_CLAIM_SECS))
+    .execute(pool)
+    .await?
+    .rows_affected()
+        == 1;
+    if taken_over {
         return Ok(None);
     }
     let (stored_hash, status, stored): (String, Option<i32>, Option<Value>) = sqlx::query_as(

@@ -388,9 +388,12 @@ async fn patch_lead(
         }
         other => other,
     };
+    // Empty notes clear them, like `null`.
     let notes = match patch.notes {
-        Some(Some(text)) => Some(Some(contact::text("notes", &text, 0, 10_000)?))
-            .map(|n| n.filter(|t| !t.is_empty())),
+        Some(Some(text)) => {
+            let text = contact::text("notes", &text, 0, 10_000)?;
+            Some((!text.is_empty()).then_some(text))
+        }
         other => other,
     };
     let cursor = state

@@ -1036,3 +1036,48 @@ async fn a_lost_lead_gets_no_resubmissions_until_it_is_reopened(pool: PgPool) {
     assert_ne!(second, first, "a lost lead takes no resubmission");
     app.stop().await.unwrap();
 }
+
+#[sqlx::test(migrations = false)]
+async fn an_idempotency_key_left_by_a_dead_request_is_taken_over(pool: PgPool) {
+    let app = TestApp::spawn(pool.clone()).await;
+    let send = || {
+        app.client
+            .post(app.url("/v1/leads"))
+            .header("X-API-Key", LANDING_KEY)
+            .header("Idempotency-Key", "k-1")
+            .json(&seed_lead())
+            .send()
+    };
+    // A request that claimed the key and never finished, a moment ago…
+    sqlx::query(
+        "INSERT INTO idempotency_keys (scope, key, request_hash) VALUES ('landing', 'k-1', 'x')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let busy = send().await.unwrap();
+    assert_eq!(
+        busy.status(),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "another body under the same key"
+    );
+    sqlx::query(
+        "UPDATE idempotency_keys SET request_hash = encode(sha256(convert_to($1, 'UTF8')), 'hex')",
+    )
+    .bind(serde_json::to_string(&seed_lead()).unwrap())
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        send().await.unwrap().status(),
+        StatusCode::CONFLICT,
+        "still in progress"
+    );
+    // …and long ago: taken over.
+    sqlx::query("UPDATE idempotency_keys SET created_at = now() - interval '5 minutes'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(send().await.unwrap().status(), StatusCode::CREATED);
+    app.stop().await.unwrap();
+}
