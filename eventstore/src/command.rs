@@ -143,18 +143,7 @@ where
                 .await
                 .map_err(CommandError::Domain)?;
             let events = sink.collect().await;
-            let new_events = events
-                .iter()
-                .map(|event| {
-                    Ok(NewEvent::new(
-                        event.event_type(),
-                        event.event_version(),
-                        serde_json::to_value(event)?,
-                        metadata.clone(),
-                    ))
-                })
-                .collect::<Result<Vec<_>, serde_json::Error>>()
-                .map_err(StoreError::from)?;
+            let new_events = self.to_new_events(&events, metadata)?;
             match self.append_retrying(&stream, version, &new_events).await {
                 Ok(outcome) => {
                     return Ok(CommandOutcome {
@@ -169,6 +158,55 @@ where
             }
         }
         Err(CommandError::Conflict(stream))
+    }
+
+    /// [`CommandHandler::execute`] for an aggregate id that was just minted: decides on a
+    /// fresh aggregate at version 0 without reading the (surely empty) stream. If the stream
+    /// exists after all, the append conflicts and the ordinary load-decide-append path runs.
+    pub async fn execute_new(
+        &self,
+        aggregate_id: &str,
+        command: A::Command,
+        metadata: &Metadata,
+    ) -> Result<CommandOutcome<A>, CommandError<A::Error>> {
+        let stream = Self::stream(aggregate_id);
+        let mut aggregate = A::default();
+        let sink = EventSink::default();
+        aggregate
+            .handle(command.clone(), &self.services, &sink)
+            .await
+            .map_err(CommandError::Domain)?;
+        let events = sink.collect().await;
+        let new_events = self.to_new_events(&events, metadata)?;
+        match self.append_retrying(&stream, 0, &new_events).await {
+            Ok(outcome) => Ok(CommandOutcome {
+                aggregate,
+                version: outcome.version,
+                events,
+                stored: outcome.events,
+            }),
+            Err(StoreError::Conflict { .. }) => self.execute(aggregate_id, command, metadata).await,
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn to_new_events(
+        &self,
+        events: &[A::Event],
+        metadata: &Metadata,
+    ) -> Result<Vec<NewEvent>, StoreError> {
+        events
+            .iter()
+            .map(|event| {
+                Ok(NewEvent::new(
+                    event.event_type(),
+                    event.event_version(),
+                    serde_json::to_value(event)?,
+                    metadata.clone(),
+                ))
+            })
+            .collect::<Result<Vec<_>, serde_json::Error>>()
+            .map_err(StoreError::from)
     }
 
     /// The same append (same event ids) again after a transient error: if the first try did

@@ -317,8 +317,21 @@ impl Sealer {
     /// Encrypts `plaintext` with the subject's data key, creating the key on first use.
     #[tracing::instrument(skip_all, fields(sealing.subject = subject))]
     pub async fn seal(&self, subject: &str, plaintext: &[u8]) -> Result<Sealed, SealError> {
-        let key = self.data_key_for_sealing(subject).await?;
+        let key = self.data_key_for_sealing(subject, false).await?;
         Ok(key.seal(subject, plaintext))
+    }
+
+    /// [`Sealer::seal_json`] for a subject that is almost surely new (a lead being created):
+    /// it tries to create the key before looking for one, one round trip instead of two.
+    #[tracing::instrument(skip_all, fields(sealing.subject = subject))]
+    pub async fn seal_json_new<T: Serialize + ?Sized>(
+        &self,
+        subject: &str,
+        value: &T,
+    ) -> Result<Sealed, SealError> {
+        let json = Zeroizing::new(serde_json::to_vec(value)?);
+        let key = self.data_key_for_sealing(subject, true).await?;
+        Ok(key.seal(subject, &json))
     }
 
     pub async fn seal_json<T: Serialize + ?Sized>(
@@ -398,16 +411,23 @@ impl Sealer {
     /// Get-or-create. Reads first (the common case writes nothing); a first use inserts with
     /// `ON CONFLICT DO NOTHING`, which waits for a concurrent creator and then does nothing,
     /// so the next read — a new statement, hence a new snapshot — finds the winner's key.
-    async fn data_key_for_sealing(&self, subject: &str) -> Result<DataKey, SealError> {
-        for _ in 0..KEY_ATTEMPTS {
-            let stored = sqlx::query_as::<_, StoredKey>(
-                "SELECT key_id, master_key_id, wrapped_key FROM data_keys WHERE subject = $1",
-            )
-            .bind(subject)
-            .fetch_optional(&self.pool)
-            .await?;
-            if let Some(stored) = stored {
-                return self.master.unwrap(subject, stored);
+    /// `insert_first` skips the first read for subjects expected to be new.
+    async fn data_key_for_sealing(
+        &self,
+        subject: &str,
+        insert_first: bool,
+    ) -> Result<DataKey, SealError> {
+        for attempt in 0..KEY_ATTEMPTS {
+            if !(insert_first && attempt == 0) {
+                let stored = sqlx::query_as::<_, StoredKey>(
+                    "SELECT key_id, master_key_id, wrapped_key FROM data_keys WHERE subject = $1",
+                )
+                .bind(subject)
+                .fetch_optional(&self.pool)
+                .await?;
+                if let Some(stored) = stored {
+                    return self.master.unwrap(subject, stored);
+                }
             }
 
             let mut fresh = Zeroizing::new([0u8; KEY_LEN]);

@@ -314,3 +314,33 @@ async fn master_secrets_round_trip_and_never_repeat(pool: PgPool) {
         Err(SealError::UnknownMasterKey { .. })
     ));
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn sealing_for_a_new_subject_creates_its_key_or_reuses_an_existing_one(pool: PgPool) {
+    let sealer = Sealer::new(pool.clone(), MASTER);
+    let fresh = sealer
+        .seal_json_new("lead:fresh", &personal())
+        .await
+        .unwrap();
+    assert_eq!(key_rows(&pool, "lead:fresh").await, 1);
+    assert_eq!(
+        sealer
+            .open_json::<Personal>("lead:fresh", &fresh)
+            .await
+            .unwrap(),
+        Some(personal())
+    );
+
+    // Not new after all: the existing key seals, and older values still open.
+    let older = sealer.seal_json("lead:old", &personal()).await.unwrap();
+    let newer = sealer.seal_json_new("lead:old", &personal()).await.unwrap();
+    assert_eq!(key_rows(&pool, "lead:old").await, 1);
+    assert_eq!(older.key_id(), newer.key_id());
+    assert_eq!(
+        sealer
+            .open_json::<Personal>("lead:old", &older)
+            .await
+            .unwrap(),
+        Some(personal())
+    );
+}

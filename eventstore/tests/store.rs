@@ -205,6 +205,28 @@ async fn sixteen_concurrent_commands_each_land_or_conflict(pool: PgPool) {
 }
 
 #[sqlx::test(migrations = "../migrations")]
+async fn a_command_for_a_new_id_skips_the_load_and_falls_back_if_the_stream_exists(pool: PgPool) {
+    let handler = CommandHandler::<Counter>::new(EventStore::new(pool.clone()), 100);
+    let first = handler
+        .execute_new("n", CounterCommand::Add(1), &Metadata::default())
+        .await
+        .unwrap();
+    assert_eq!(first.version, 1);
+    // The id was not new after all: the append at version 0 conflicts and the command is
+    // decided again on the loaded aggregate.
+    let second = handler
+        .execute_new("n", CounterCommand::Add(2), &Metadata::default())
+        .await
+        .unwrap();
+    assert_eq!(second.version, 2);
+    assert_eq!(second.aggregate.value, 3);
+    let refused = handler
+        .execute_new("n", CounterCommand::Add(200), &Metadata::default())
+        .await;
+    assert!(matches!(refused, Err(CommandError::Domain(LimitReached))));
+}
+
+#[sqlx::test(migrations = "../migrations")]
 async fn a_refused_command_appends_nothing(pool: PgPool) {
     let handler = CommandHandler::<Counter>::new(EventStore::new(pool.clone()), 5);
     handler

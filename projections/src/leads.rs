@@ -81,6 +81,7 @@ impl LeadsProjection {
         &self,
         tx: &mut PgConnection,
         event: &StoredEvent,
+        history: &mut HistoryBatch,
     ) -> Result<(), ProjectionError> {
         if event.stream.aggregate_type != "lead" {
             return Ok(());
@@ -219,6 +220,8 @@ impl LeadsProjection {
                 ("converted", json!({"licenseId": license_id}))
             }
             LeadEvent::LeadErased => {
+                // Entries still waiting in the batch must be in the table to be redacted.
+                history.flush(tx).await?;
                 sqlx::query(
                     "UPDATE leads SET name = $2, email = $2, phone = $2,
                             company = CASE WHEN company IS NULL THEN NULL ELSE $2 END,
@@ -249,18 +252,7 @@ impl LeadsProjection {
                 ("erased", json!({}))
             }
         };
-        sqlx::query(
-            "INSERT INTO lead_history (lead_id, sequence, action, at, actor, details)
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-        )
-        .bind(lead_id)
-        .bind(event.sequence as i64)
-        .bind(action)
-        .bind(at)
-        .bind(actor)
-        .bind(details)
-        .execute(&mut *tx)
-        .await?;
+        history.push(lead_id, event.sequence as i64, action, at, actor, details);
         Ok(())
     }
 
@@ -296,11 +288,65 @@ impl Projection for LeadsProjection {
         events: &'a [StoredEvent],
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(async move {
+            let mut history = HistoryBatch::default();
             for event in events {
-                self.apply_one(tx, event).await?;
+                self.apply_one(tx, event, &mut history).await?;
             }
-            Ok(())
+            history.flush(tx).await
         })
+    }
+}
+
+/// Timeline entries of a page, written with one statement at the end of the page instead of
+/// one per event.
+#[derive(Default)]
+struct HistoryBatch {
+    lead_ids: Vec<Uuid>,
+    sequences: Vec<i64>,
+    actions: Vec<&'static str>,
+    ats: Vec<DateTime<Utc>>,
+    actors: Vec<Option<String>>,
+    details: Vec<Value>,
+}
+
+impl HistoryBatch {
+    fn push(
+        &mut self,
+        lead_id: Uuid,
+        sequence: i64,
+        action: &'static str,
+        at: DateTime<Utc>,
+        actor: Option<String>,
+        details: Value,
+    ) {
+        self.lead_ids.push(lead_id);
+        self.sequences.push(sequence);
+        self.actions.push(action);
+        self.ats.push(at);
+        self.actors.push(actor);
+        self.details.push(details);
+    }
+
+    async fn flush(&mut self, tx: &mut PgConnection) -> Result<(), ProjectionError> {
+        if self.lead_ids.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(self);
+        sqlx::query(
+            "INSERT INTO lead_history (lead_id, sequence, action, at, actor, details)
+             SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::timestamptz[],
+                                  $5::text[], $6::jsonb[])
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(batch.lead_ids)
+        .bind(batch.sequences)
+        .bind(batch.actions)
+        .bind(batch.ats)
+        .bind(batch.actors)
+        .bind(batch.details)
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
     }
 }
 

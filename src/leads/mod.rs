@@ -146,16 +146,21 @@ impl LeadService {
         submission: Submission,
         metadata: &Metadata,
     ) -> Result<Submitted, AppError> {
+        // The id was minted a moment ago: no key to look up, no stream to load.
         let result = async {
-            let personal = self.seal_personal(lead_id, &submission.personal).await?;
+            let sealed = self
+                .sealer
+                .seal_json_new(&subject(lead_id), &submission.personal)
+                .await
+                .map_err(AppError::internal)?;
             let command = LeadCommand::Create {
-                personal,
+                personal: SealedText(sealed.to_string()),
                 source: submission.source,
                 utm_source: submission.utm_source,
                 utm_campaign: submission.utm_campaign,
             };
             self.handler
-                .execute(&lead_id.to_string(), command, metadata)
+                .execute_new(&lead_id.to_string(), command, metadata)
                 .await
                 .map_err(command_error)
         }
