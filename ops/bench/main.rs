@@ -8,9 +8,17 @@
 //!    rows, at {1, 10} events per command x {1, 8} concurrent writers;
 //!
 //! alternating baseline and store in short slices (raw, store, store, raw, …) and reporting
-//! the median of the per-pair ratios, and drops the scratch database at the end, also on
-//! error or Ctrl-C.
-//! See `ops/bench/README.md` for what each figure means.
+//! the median of the per-pair ratios. Then, on a second scratch database `<name>_gw` with a
+//! real gateway started in this process (see `e2e.rs`),
+//!
+//! 3. landing: `POST /v1/leads` submissions per second end to end vs. a raw `INSERT` of the
+//!    same row, at 32 concurrent clients, alternating the same way;
+//! 4. live: commit-to-delivery latency of `NEW_LEAD` on 100 authenticated `/ws/admin` sockets.
+//!
+//! `--only read,append,landing,live` picks phases. The scratch databases are dropped at the
+//! end, also on error or Ctrl-C. See `ops/bench/README.md` for what each figure means.
+
+mod e2e;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -28,8 +36,23 @@ use sqlx::types::Json;
 use sqlx::{ConnectOptions, Connection, PgPool};
 use uuid::Uuid;
 
+/// The parts of the bench (`--only`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Catch-up read: `EventStore::read_page` vs. a plain keyset loop.
+    Read,
+    /// Appends: `EventStore::append` vs. a plain INSERT (and `--diagnose`).
+    Append,
+    /// `POST /v1/leads` end to end vs. a raw INSERT, on an in-process gateway.
+    Landing,
+    /// `NEW_LEAD` commit-to-delivery latency on many `/ws/admin` sockets.
+    Live,
+}
+
 #[derive(Parser, Debug, Clone)]
-#[command(about = "Event store throughput vs. raw sqlx baselines (one scratch database per run)")]
+#[command(
+    about = "Event store and gateway throughput vs. raw sqlx baselines (scratch databases per run)"
+)]
 struct Args {
     /// Server to use; the bench creates (and drops) its own database next to this one.
     #[arg(
@@ -85,6 +108,52 @@ struct Args {
     /// Rounds (1 s per variant each) of the --diagnose CPU-per-append table.
     #[arg(long, default_value_t = 4)]
     profile_rounds: usize,
+    /// Phases to run (comma-separated); default: all.
+    #[arg(long, value_enum, value_delimiter = ',',
+          default_values_t = [Phase::Read, Phase::Append, Phase::Landing, Phase::Live])]
+    only: Vec<Phase>,
+    /// Concurrent clients of the landing measurement (HTTP and raw alike).
+    #[arg(long, default_value_t = 32)]
+    landing_clients: usize,
+    /// Measured seconds per landing variant (split into alternating slices).
+    #[arg(long, default_value_t = 6.0)]
+    landing_seconds: f64,
+    /// Length of one landing slice: raw and landing alternate every slice (ABBA order).
+    #[arg(long, default_value_t = 1.0)]
+    landing_slice: f64,
+    /// Per cent of landing submissions that repeat an earlier contact (resubmissions, max 50).
+    #[arg(long, default_value_t = 0)]
+    landing_duplicates: u64,
+    /// Authenticated /ws/admin sockets of the live measurement.
+    #[arg(long, default_value_t = 100)]
+    live_sockets: usize,
+    /// Leads created during the live measurement.
+    #[arg(long, default_value_t = 300)]
+    live_leads: usize,
+    /// Leads per second during the live measurement.
+    #[arg(long, default_value_t = 30.0)]
+    live_rate: f64,
+}
+
+impl Args {
+    fn selected(&self, phase: Phase) -> bool {
+        self.only.contains(&phase)
+            && match phase {
+                Phase::Read => !self.skip_read,
+                Phase::Append => !self.skip_append,
+                Phase::Landing | Phase::Live => true,
+            }
+    }
+
+    /// The event-store part (its own scratch database).
+    fn wants_foundation(&self) -> bool {
+        self.selected(Phase::Read) || self.selected(Phase::Append)
+    }
+
+    /// The gateway part (a second scratch database, `<name>_gw`).
+    fn wants_gateway(&self) -> bool {
+        self.selected(Phase::Landing) || self.selected(Phase::Live)
+    }
 }
 
 #[tokio::main]
@@ -114,46 +183,82 @@ async fn real_main(args: Args) -> Result<()> {
         bail!("scratch database name must match bench_[a-z0-9_]*, got {db_name:?}");
     }
 
+    let gw_name = format!("{db_name}_gw");
+    let gw_url = if args.wants_gateway() {
+        Some(e2e::database_url_for(&args.database_url, &gw_name)?)
+    } else {
+        None
+    };
     let mut admin = admin_opts
         .connect()
         .await
         .context("connecting to DATABASE_URL")?;
-    sqlx::raw_sql(&format!("CREATE DATABASE \"{db_name}\""))
-        .execute(&mut admin)
-        .await
-        .with_context(|| format!("creating scratch database {db_name}"))?;
-    eprintln!("scratch database {db_name} created");
-
-    // Run the bench in its own task so that a panic, an error or Ctrl-C still reaches the
-    // DROP DATABASE below.
-    let task = tokio::spawn(run(args.clone(), admin_opts.clone().database(&db_name)));
-    let abort = task.abort_handle();
-    let outcome = tokio::select! {
-        joined = task => match joined {
-            Ok(result) => result,
-            Err(e) if e.is_panic() => Err(anyhow!("bench panicked")),
-            Err(e) => Err(anyhow!("bench task failed: {e}")),
-        },
-        _ = tokio::signal::ctrl_c() => {
-            abort.abort();
-            Err(anyhow!("interrupted"))
-        }
-    };
-
-    if args.keep_db {
-        eprintln!("keeping scratch database {db_name} (--keep-db)");
-    } else {
-        let dropped = sqlx::raw_sql(&format!(
-            "DROP DATABASE IF EXISTS \"{db_name}\" WITH (FORCE)"
-        ))
-        .execute(&mut admin)
-        .await;
-        match dropped {
-            Ok(_) => eprintln!("scratch database {db_name} dropped"),
+    let mut wanted = Vec::new();
+    if args.wants_foundation() {
+        wanted.push(db_name.clone());
+    }
+    if args.wants_gateway() {
+        wanted.push(gw_name.clone());
+    }
+    if wanted.is_empty() {
+        bail!("nothing to run (see --only, --skip-read, --skip-append)");
+    }
+    let mut created = Vec::new();
+    let mut outcome = Ok(());
+    for name in &wanted {
+        match sqlx::raw_sql(&format!("CREATE DATABASE \"{name}\""))
+            .execute(&mut admin)
+            .await
+        {
+            Ok(_) => {
+                eprintln!("scratch database {name} created");
+                created.push(name.clone());
+            }
             Err(e) => {
-                eprintln!("could not drop scratch database {db_name}: {e}");
+                outcome = Err(anyhow!(e).context(format!("creating scratch database {name}")));
+                break;
+            }
+        }
+    }
+
+    if outcome.is_ok() {
+        let foundation = args
+            .wants_foundation()
+            .then(|| admin_opts.clone().database(&db_name));
+        let gateway = gw_url
+            .clone()
+            .map(|url| (admin_opts.clone().database(&gw_name), url));
+        // Run the bench in its own task so that a panic, an error or Ctrl-C still reaches the
+        // DROP DATABASE below.
+        let task = tokio::spawn(run(args.clone(), foundation, gateway));
+        let abort = task.abort_handle();
+        outcome = tokio::select! {
+            joined = task => match joined {
+                Ok(result) => result,
+                Err(e) if e.is_panic() => Err(anyhow!("bench panicked")),
+                Err(e) => Err(anyhow!("bench task failed: {e}")),
+            },
+            _ = tokio::signal::ctrl_c() => {
+                abort.abort();
+                Err(anyhow!("interrupted"))
+            }
+        };
+    }
+
+    for name in &created {
+        if args.keep_db {
+            eprintln!("keeping scratch database {name} (--keep-db)");
+            continue;
+        }
+        let dropped = sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+            .execute(&mut admin)
+            .await;
+        match dropped {
+            Ok(_) => eprintln!("scratch database {name} dropped"),
+            Err(e) => {
+                eprintln!("could not drop scratch database {name}: {e}");
                 if outcome.is_ok() {
-                    return Err(e.into());
+                    outcome = Err(e.into());
                 }
             }
         }
@@ -178,7 +283,36 @@ struct Ctx {
     db_opts: PgConnectOptions,
 }
 
-async fn run(args: Args, db_opts: PgConnectOptions) -> Result<()> {
+async fn run(
+    args: Args,
+    foundation: Option<PgConnectOptions>,
+    gateway: Option<(PgConnectOptions, String)>,
+) -> Result<()> {
+    let run_tag = Uuid::new_v4().simple().to_string()[..6].to_string();
+    let mut verdicts = Vec::new();
+    if let Some(db_opts) = foundation {
+        verdicts.extend(foundation_bench(args.clone(), db_opts, &run_tag).await?);
+    } else if let Some((db_opts, _)) = &gateway {
+        let pool = eventstore::connect(db_opts.clone(), 1).await?;
+        print_server(&pool).await?;
+        pool.close().await;
+    }
+    if let Some((db_opts, url)) = gateway {
+        verdicts.extend(e2e::run(&args, db_opts, &url, &run_tag).await?);
+    }
+    println!();
+    for line in &verdicts {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+/// Catch-up read and appends on their own scratch database; the verdict lines.
+async fn foundation_bench(
+    args: Args,
+    db_opts: PgConnectOptions,
+    run_tag: &str,
+) -> Result<Vec<String>> {
     let max_writers = args.writers.iter().copied().max().unwrap_or(1).max(1);
     // The gateway's own constructor: eventstore::pool_options (no ping before acquire,
     // min 1 connection) plus its statement/idle timeouts. Baseline and store share it.
@@ -197,35 +331,32 @@ async fn run(args: Args, db_opts: PgConnectOptions) -> Result<()> {
         store,
         pool: pool.clone(),
         probe: tokio::sync::Mutex::new(probe),
-        run_tag: Uuid::new_v4().simple().to_string()[..6].to_string(),
+        run_tag: run_tag.to_string(),
         db_opts: db_opts_for_ctx,
     });
 
+    print_server(&ctx.pool).await?;
     print_header(&ctx).await?;
 
     let mut verdicts = Vec::new();
-    if !ctx.args.skip_read {
+    if ctx.args.selected(Phase::Read) {
         verdicts.push(read_bench(&ctx).await?);
     }
-    if !ctx.args.skip_append {
+    if ctx.args.selected(Phase::Append) {
         verdicts.extend(append_bench(&ctx).await?);
     }
-    if ctx.args.diagnose {
+    if ctx.args.diagnose && ctx.args.selected(Phase::Append) {
         cpu_profile(&ctx).await?;
-    }
-
-    println!();
-    for line in verdicts.iter().flatten() {
-        println!("{line}");
     }
     if let Ok(ctx) = Arc::try_unwrap(ctx) {
         ctx.probe.into_inner().close().await.ok();
     }
     pool.close().await;
-    Ok(())
+    Ok(verdicts.into_iter().flatten().collect())
 }
 
-async fn print_header(ctx: &Ctx) -> Result<()> {
+/// `bench: PostgreSQL …, N cores, synchronous_commit=…, shared_buffers=…, TLS …`
+async fn print_server(pool: &PgPool) -> Result<()> {
     let (version, ssl, sync_commit, shared_buffers): (String, Option<bool>, String, String) =
         sqlx::query_as(
             "SELECT current_setting('server_version'),
@@ -233,11 +364,8 @@ async fn print_header(ctx: &Ctx) -> Result<()> {
                     current_setting('synchronous_commit'),
                     current_setting('shared_buffers')",
         )
-        .fetch_one(&ctx.pool)
+        .fetch_one(pool)
         .await?;
-    let sample = lead_events(1, &Uuid::new_v4().to_string());
-    let payload_len = serde_json::to_string(&sample[0].payload)?.len();
-    let meta_len = serde_json::to_string(&sample[0].metadata)?.len();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
         "bench: PostgreSQL {version}, {cores} cores, synchronous_commit={sync_commit}, \
@@ -248,6 +376,13 @@ async fn print_header(ctx: &Ctx) -> Result<()> {
             None => "?",
         }
     );
+    Ok(())
+}
+
+async fn print_header(ctx: &Ctx) -> Result<()> {
+    let sample = lead_events(1, &Uuid::new_v4().to_string());
+    let payload_len = serde_json::to_string(&sample[0].payload)?.len();
+    let meta_len = serde_json::to_string(&sample[0].metadata)?.len();
     println!(
         "pool: eventstore::connect (pool_options: max {} conns, test_before_acquire=false), \
          shared by store and raw; payload {payload_len} B, metadata {meta_len} B per event",
