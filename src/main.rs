@@ -129,6 +129,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             file.display()
         );
         println!("  health:        curl http://{address}/health");
+        // A ready-to-paste login that reads the secrets from the file at the shell.
+        let f = file.display();
+        println!(
+            "  log in:        curl -s http://{address}/v1/admin/auth/login -H 'Content-Type: application/json' \\\n                   -H \"X-Admin-Secret: $(sed -n 's/.*\"adminSecret\": \"\\(.*\\)\".*/\\1/p' {f})\" \\\n                   -d \"{{\\\"email\\\": \\\"{}\\\", \\\"password\\\": \\\"$(sed -n 's/.*\"bootstrapAdminPassword\": \"\\(.*\\)\".*/\\1/p' {f})\\\"}}\"",
+            admin.email
+        );
     }
     startup::run(config, listener, startup::shutdown_signal()).await
 }
