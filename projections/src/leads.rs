@@ -552,6 +552,16 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<LeadRow>, sqlx::Error
         .await
 }
 
+/// Several leads by id, in one query (the live feed maps a batch at a time).
+pub async fn get_many(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<LeadRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {LEAD_COLUMNS} FROM leads WHERE id = ANY($1)"
+    ))
+    .bind(ids)
+    .fetch_all(pool)
+    .await
+}
+
 pub async fn history(pool: &PgPool, id: Uuid) -> Result<Vec<HistoryRow>, sqlx::Error> {
     sqlx::query_as("SELECT sequence, action, at, actor, details FROM lead_history WHERE lead_id = $1 ORDER BY sequence")
         .bind(id)

@@ -99,6 +99,23 @@ pub async fn items(state: &AppState, events: &[StoredEvent]) -> Result<Vec<FeedI
     // NEW_LEAD carries the list row (seed 000), the others the admin GET shape; a lead
     // changed twice in one batch reads the same either time.
     let mut leads: HashMap<(Uuid, bool), Option<Value>> = HashMap::new();
+    let new_leads: Vec<Uuid> = meanings
+        .iter()
+        .filter_map(|(_, m)| match m {
+            Meaning::Lead {
+                id,
+                kind: Kind::NewLead,
+            } => Some(*id),
+            _ => None,
+        })
+        .collect();
+    if !new_leads.is_empty() {
+        // One query for all list rows of the batch; ids it does not return stay unread and
+        // are looked up (and reported missing) one by one below.
+        for row in read::get_many(&state.pool, &new_leads).await? {
+            leads.insert((row.id, false), Some(row.to_json()));
+        }
+    }
     let mut items = Vec::with_capacity(meanings.len());
     for (event, meaning) in meanings {
         let (id, kind) = match meaning {
