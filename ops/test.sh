@@ -13,6 +13,12 @@ export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres
 if ! command -v pg_ctlcluster >/dev/null 2>&1; then
     echo "installing PostgreSQL" >&2
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+    # The machines this runs on use trust auth on loopback; a fresh Debian install does not.
+    version="$(ls /etc/postgresql | sort -V | tail -n1)"
+    hba="/etc/postgresql/$version/main/pg_hba.conf"
+    printf 'host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\n' | cat - "$hba" > "$hba.new"
+    mv "$hba.new" "$hba" && chown postgres:postgres "$hba"
+    pg_ctlcluster --skip-systemctl-redirect "$version" main restart || true
 fi
 if ! pg_isready -q -h 127.0.0.1 -p 5432; then
     echo "starting PostgreSQL" >&2
