@@ -14,11 +14,14 @@ use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use eventstore::Cursor;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::error::AppResult;
 use crate::state::AppState;
+
+/// Lag beyond this many events is reported as this many: a scrape stays cheap when a
+/// projection is far behind (rebuilding), and "a million" tells no more than "100 000".
+const LAG_COUNT_CAP: i64 = 100_000;
 
 /// Buckets of the HTTP latency histogram, in seconds.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -74,28 +77,10 @@ async fn get_metrics(State(state): State<AppState>) -> AppResult<Response> {
 async fn sample_database(state: &AppState) -> AppResult<()> {
     for projection in state.projections.iter() {
         let name = projection.name();
-        let (checkpoint, failed): (Cursor, bool) = match sqlx::query_as::<_, (i64, i64, String)>(
-            "SELECT transaction_id, global_position, status FROM projection_checkpoints WHERE name = $1",
-        )
-        .bind(name)
-        .fetch_optional(&state.pool)
-        .await?
-        {
-            Some((tx, pos, status)) => (Cursor::new(tx, pos), status == "failed"),
-            None => (Cursor::START, false),
-        };
-        let (behind, oldest_age): (i64, Option<f64>) = sqlx::query_as(
-            "SELECT count(*), extract(epoch FROM now() - min(recorded_at))::float8
-               FROM events WHERE (transaction_id, global_position) > ($1, $2)",
-        )
-        .bind(checkpoint.transaction_id())
-        .bind(checkpoint.global_position())
-        .fetch_one(&state.pool)
-        .await?;
-        metrics::gauge!("projection_lag_events", "projection" => name).set(behind as f64);
-        metrics::gauge!("projection_lag_seconds", "projection" => name)
-            .set(oldest_age.unwrap_or(0.0).max(0.0));
-        metrics::gauge!("projection_failed", "projection" => name).set(if failed {
+        let lag = projections::lag(&state.pool, name, LAG_COUNT_CAP).await?;
+        metrics::gauge!("projection_lag_events", "projection" => name).set(lag.events as f64);
+        metrics::gauge!("projection_lag_seconds", "projection" => name).set(lag.seconds);
+        metrics::gauge!("projection_failed", "projection" => name).set(if lag.failed() {
             1.0
         } else {
             0.0

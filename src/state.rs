@@ -142,33 +142,16 @@ impl AppState {
     }
 
     async fn projection_readiness(&self, handle: &ProjectionHandle) -> (bool, Value) {
-        let row: Result<Option<(i64, i64, String)>, _> = sqlx::query_as(
-            "SELECT transaction_id, global_position, status FROM projection_checkpoints WHERE name = $1",
-        )
-        .bind(handle.name())
-        .fetch_optional(&self.pool)
-        .await;
-        let (checkpoint, status) = match row {
-            Ok(Some((tx, pos, status))) => (Cursor::new(tx, pos), status),
-            Ok(None) => (Cursor::START, "starting".to_string()),
-            Err(_) => return (false, json!({"name": handle.name(), "ok": false})),
+        let Ok(lag) = projections::lag(&self.pool, handle.name(), READY_MAX_LAG_EVENTS + 1).await
+        else {
+            return (false, json!({"name": handle.name(), "ok": false}));
         };
-        let lag = self.store.fence_status(checkpoint).await.map(|_| ()).ok();
-        let behind: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM (SELECT 1 FROM events WHERE (transaction_id, global_position) > ($1, $2) LIMIT $3) t",
-        )
-        .bind(checkpoint.transaction_id())
-        .bind(checkpoint.global_position())
-        .bind(READY_MAX_LAG_EVENTS + 1)
-        .fetch_one(&self.pool)
-        .await
-        .unwrap_or(i64::MAX);
-        let local = handle.status();
-        let failed = status == "failed" || matches!(local.state, ProjectionState::Failed(_));
-        let ok = !failed && behind <= READY_MAX_LAG_EVENTS && lag.is_some();
+        let failed = lag.failed() || matches!(handle.status().state, ProjectionState::Failed(_));
+        let ok = !failed && lag.events <= READY_MAX_LAG_EVENTS;
+        let status = lag.status.as_deref().unwrap_or("starting");
         (
             ok,
-            json!({"name": handle.name(), "ok": ok, "status": status, "lagEvents": behind}),
+            json!({"name": handle.name(), "ok": ok, "status": status, "lagEvents": lag.events}),
         )
     }
 }

@@ -11,8 +11,8 @@ pub mod leads;
 pub mod runner;
 
 pub use runner::{
-    BoxFuture, Projection, ProjectionError, ProjectionHandle, ProjectionState, ProjectionStatus,
-    RunnerConfig, WaitError, spawn,
+    BoxFuture, Lag, Projection, ProjectionError, ProjectionHandle, ProjectionState,
+    ProjectionStatus, RunnerConfig, WaitError, lag, spawn,
 };
 
 /// Timestamps as the API writes them: RFC 3339, UTC, milliseconds (SPEC §1). Read models

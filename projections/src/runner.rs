@@ -435,3 +435,54 @@ impl ProjectionError {
         }
     }
 }
+
+/// How far a projection trails the log, from its stored checkpoint.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Lag {
+    /// `None` before the projection's first start.
+    pub status: Option<String>,
+    pub checkpoint: Cursor,
+    /// Events after the checkpoint, counted up to the cap given to [`lag`].
+    pub events: i64,
+    /// Age of the oldest of those events (0 when there is none).
+    pub seconds: f64,
+}
+
+impl Lag {
+    pub fn failed(&self) -> bool {
+        self.status.as_deref() == Some("failed")
+    }
+}
+
+/// The lag of projection `name`, counting at most `cap` events so that a far-behind
+/// projection does not turn a health check into a scan of the log.
+pub async fn lag(pool: &PgPool, name: &str, cap: i64) -> Result<Lag, sqlx::Error> {
+    let stored: Option<(i64, i64, String)> = sqlx::query_as(
+        "SELECT transaction_id, global_position, status FROM projection_checkpoints WHERE name = $1",
+    )
+    .bind(name)
+    .fetch_optional(pool)
+    .await?;
+    let (checkpoint, status) = match stored {
+        Some((tx, pos, status)) => (Cursor::new(tx, pos), Some(status)),
+        None => (Cursor::START, None),
+    };
+    let (events, seconds): (i64, Option<f64>) = sqlx::query_as(
+        "SELECT count(*), extract(epoch FROM now() - min(recorded_at))::float8
+           FROM (SELECT recorded_at FROM events
+                  WHERE (transaction_id, global_position) > ($1, $2)
+                  ORDER BY transaction_id, global_position
+                  LIMIT $3) behind",
+    )
+    .bind(checkpoint.transaction_id())
+    .bind(checkpoint.global_position())
+    .bind(cap)
+    .fetch_one(pool)
+    .await?;
+    Ok(Lag {
+        status,
+        checkpoint,
+        events,
+        seconds: seconds.unwrap_or(0.0).max(0.0),
+    })
+}
