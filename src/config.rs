@@ -56,6 +56,9 @@ pub struct Config {
     /// How long a new `/ws/admin` socket may take to send its auth message
     /// (`WS_AUTH_TIMEOUT_MS`; SPEC §4 says 5 s, [`crate::live::AUTH_TIMEOUT`]).
     pub ws_auth_timeout: Duration,
+    /// How long a connection may take to send a request's headers, and may sit idle
+    /// between requests (`HTTP_IDLE_TIMEOUT_MS`, 30 s): silent sockets are closed.
+    pub http_idle_timeout: Duration,
     /// Where generated development credentials were written, if any were.
     pub dev_secrets_file: Option<PathBuf>,
 }
@@ -300,6 +303,17 @@ impl Config {
             },
         };
 
+        let http_idle_timeout = match var("HTTP_IDLE_TIMEOUT_MS") {
+            None => DEFAULT_HTTP_IDLE_TIMEOUT,
+            Some(text) => match text.parse::<u64>() {
+                Ok(ms) if ms > 0 => Duration::from_millis(ms),
+                _ => {
+                    problems.push("HTTP_IDLE_TIMEOUT_MS must be a positive number".into());
+                    DEFAULT_HTTP_IDLE_TIMEOUT
+                }
+            },
+        };
+
         if !problems.is_empty() {
             return Err(ConfigError { problems });
         }
@@ -330,6 +344,7 @@ impl Config {
             mail_from: var("MAIL_FROM"),
             admin_rate_limit_per_minute,
             ws_auth_timeout,
+            http_idle_timeout,
             dev_secrets_file,
         })
     }
@@ -430,7 +445,12 @@ pub const VARIABLES: &[&str] = &[
     "MAIL_FROM",
     "ADMIN_RATE_LIMIT_PER_MINUTE",
     "WS_AUTH_TIMEOUT_MS",
+    "HTTP_IDLE_TIMEOUT_MS",
 ];
+
+/// Header reading and keep-alive idleness: long enough for a slow mobile link, short enough
+/// that idle sockets do not pile up.
+pub const DEFAULT_HTTP_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[cfg(test)]
 mod tests {
