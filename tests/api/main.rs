@@ -4,6 +4,7 @@
 mod admin_auth;
 mod embedded;
 mod envelope;
+mod hardening;
 mod health;
 mod helpers;
 mod leads;
