@@ -58,14 +58,9 @@ impl Database {
         self.embedded.is_some()
     }
 
+    /// Applies pending migrations (see [`crate::migrate`]).
     pub async fn migrate(&self) -> anyhow::Result<()> {
-        // `run_direct` on a plain connection: `Migrator::run(&pool)` is generic over `Acquire`
-        // and its future cannot be proven `Send` inside a spawned server task.
-        let mut conn = self.pool.acquire().await?;
-        crate::MIGRATOR
-            .run_direct(&mut *conn)
-            .await
-            .context("applying migrations")
+        crate::migrate::apply(&self.connect, &crate::MIGRATOR).await
     }
 
     /// Closes the pool and stops the embedded cluster, if any.
