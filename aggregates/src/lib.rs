@@ -4,4 +4,6 @@
 
 pub mod admin;
 pub mod lead;
+pub mod license;
+pub mod plan;
 pub mod text;

@@ -6,10 +6,14 @@
 //! rows (exactly-once effects), and a handler error stops the projection loudly instead of
 //! skipping the event. [`ProjectionHandle::wait_for`] gives HTTP handlers read-your-writes.
 
+pub mod adapter;
 pub mod admins;
 pub mod leads;
+pub mod licenses;
+pub mod plans;
 pub mod runner;
 
+pub use adapter::{Adapter, EventProjection};
 pub use runner::{
     BoxFuture, Lag, Projection, ProjectionError, ProjectionHandle, ProjectionState,
     ProjectionStatus, RunnerConfig, WaitError, lag, spawn,

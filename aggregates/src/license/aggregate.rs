@@ -1,0 +1,348 @@
+//! The license's decisions. State holds only what the rules need.
+
+use chrono::{DateTime, Utc};
+use cqrs_es::Aggregate;
+use cqrs_es::event_sink::EventSink;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    LicenseCommand, LicenseError, LicenseEvent, LicenseState, MAX_DEVICES, MAX_DURATION_MONTHS,
+    MAX_TOKEN_LIMIT, extended,
+};
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct License {
+    created: bool,
+    state: LicenseState,
+    expires_at: Option<DateTime<Utc>>,
+    has_telegram: bool,
+    lead_id: Option<uuid::Uuid>,
+}
+
+impl License {
+    pub fn exists(&self) -> bool {
+        self.created
+    }
+
+    pub fn state(&self) -> LicenseState {
+        self.state
+    }
+
+    pub fn lead_id(&self) -> Option<uuid::Uuid> {
+        self.lead_id
+    }
+
+    pub fn has_telegram(&self) -> bool {
+        self.has_telegram
+    }
+
+    /// Exists and is not revoked: every change but the record of an e-mail needs this.
+    fn changeable(&self) -> Result<(), LicenseError> {
+        if !self.created {
+            Err(LicenseError::NotFound)
+        } else if self.state == LicenseState::Revoked {
+            Err(LicenseError::Revoked)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn decide(&self, command: LicenseCommand) -> Result<Vec<LicenseEvent>, LicenseError> {
+        use LicenseCommand as C;
+        use LicenseEvent as E;
+        if let C::Create {
+            key,
+            key_digest,
+            owner,
+            package,
+            max_devices,
+            monthly_token_limit,
+            duration_months,
+            gemini,
+            telegram,
+            lead_id,
+            now,
+        } = command
+        {
+            if self.created {
+                return Err(LicenseError::AlreadyExists);
+            }
+            check_limits(Some(max_devices), Some(monthly_token_limit))?;
+            if !(1..=MAX_DURATION_MONTHS).contains(&duration_months) {
+                return Err(LicenseError::Invalid("durationMonths"));
+            }
+            let expires_at = extended(now, now, duration_months)
+                .ok_or(LicenseError::Invalid("durationMonths"))?;
+            return Ok(vec![E::LicenseCreated {
+                key,
+                key_digest,
+                owner,
+                package,
+                max_devices,
+                monthly_token_limit,
+                expires_at,
+                gemini,
+                telegram,
+                lead_id,
+                at: now,
+            }]);
+        }
+        if let C::RecordEmailSent { to, now } = command {
+            // A mail that went out is a fact, whatever happened to the license since.
+            if !self.created {
+                return Err(LicenseError::NotFound);
+            }
+            return Ok(vec![E::LicenseEmailSent { to, at: now }]);
+        }
+        self.changeable()?;
+        Ok(match command {
+            C::Create { .. } | C::RecordEmailSent { .. } => unreachable!("handled above"),
+            C::Update {
+                owner,
+                max_devices,
+                monthly_token_limit,
+                gemini,
+                telegram,
+                now,
+            } => {
+                check_limits(max_devices, monthly_token_limit)?;
+                if owner.is_none()
+                    && max_devices.is_none()
+                    && monthly_token_limit.is_none()
+                    && gemini.is_none()
+                    && telegram.is_none()
+                {
+                    return Ok(vec![]);
+                }
+                vec![E::LicenseUpdated {
+                    owner,
+                    max_devices,
+                    monthly_token_limit,
+                    gemini,
+                    telegram,
+                    at: now,
+                }]
+            }
+            C::Renew { months, now } => {
+                if !(1..=MAX_DURATION_MONTHS).contains(&months) {
+                    return Err(LicenseError::Invalid("durationMonths"));
+                }
+                let current = self.expires_at.unwrap_or(now);
+                let expires_at = extended(current, now, months)
+                    .ok_or(LicenseError::Invalid("durationMonths"))?;
+                vec![E::LicenseRenewed {
+                    months,
+                    expires_at,
+                    at: now,
+                }]
+            }
+            C::Suspend { now } => {
+                if self.state == LicenseState::Suspended {
+                    return Err(LicenseError::AlreadySuspended);
+                }
+                vec![E::LicenseSuspended { at: now }]
+            }
+            C::Reactivate { now } => {
+                if self.state != LicenseState::Suspended {
+                    return Err(LicenseError::NotSuspended);
+                }
+                vec![E::LicenseReactivated { at: now }]
+            }
+            C::Revoke { now } => vec![E::LicenseRevoked { at: now }],
+            C::RecordWebhook { active, now } => {
+                vec![E::LicenseWebhookConfigured { active, at: now }]
+            }
+            C::RequestEmail { now } => vec![E::LicenseEmailRequested { at: now }],
+        })
+    }
+}
+
+fn check_limits(max_devices: Option<u32>, tokens: Option<u64>) -> Result<(), LicenseError> {
+    if max_devices.is_some_and(|d| !(1..=MAX_DEVICES).contains(&d)) {
+        return Err(LicenseError::Invalid("maxDevices"));
+    }
+    if tokens.is_some_and(|t| t > MAX_TOKEN_LIMIT) {
+        return Err(LicenseError::Invalid("monthlyTokenLimit"));
+    }
+    Ok(())
+}
+
+impl Aggregate for License {
+    const TYPE: &'static str = super::AGGREGATE_TYPE;
+    type Command = LicenseCommand;
+    type Event = LicenseEvent;
+    type Error = LicenseError;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: LicenseCommand,
+        _services: &(),
+        sink: &EventSink<Self>,
+    ) -> Result<(), LicenseError> {
+        for event in self.decide(command)? {
+            sink.write(event, self).await;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: LicenseEvent) {
+        use super::SecretChange;
+        match event {
+            LicenseEvent::LicenseCreated {
+                expires_at,
+                telegram,
+                lead_id,
+                ..
+            } => {
+                self.created = true;
+                self.expires_at = Some(expires_at);
+                self.has_telegram = telegram.is_some();
+                self.lead_id = lead_id;
+            }
+            LicenseEvent::LicenseUpdated { telegram, .. } => match telegram {
+                Some(SecretChange::Set(_)) => self.has_telegram = true,
+                Some(SecretChange::Removed) => self.has_telegram = false,
+                None => {}
+            },
+            LicenseEvent::LicenseRenewed { expires_at, .. } => self.expires_at = Some(expires_at),
+            LicenseEvent::LicenseSuspended { .. } => self.state = LicenseState::Suspended,
+            LicenseEvent::LicenseReactivated { .. } => self.state = LicenseState::Active,
+            LicenseEvent::LicenseRevoked { .. } => self.state = LicenseState::Revoked,
+            LicenseEvent::LicenseWebhookConfigured { .. }
+            | LicenseEvent::LicenseEmailRequested { .. }
+            | LicenseEvent::LicenseEmailSent { .. } => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+    use cqrs_es::test::TestFramework;
+
+    use super::*;
+    use crate::license::{Owner, SealedText, status_at};
+
+    type Given = TestFramework<License>;
+
+    fn at(y: i32, m: u32, d: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(y, m, d, 0, 0, 0).unwrap()
+    }
+
+    fn created(expires_at: DateTime<Utc>) -> LicenseEvent {
+        LicenseEvent::LicenseCreated {
+            key: SealedText("v1.k.x".into()),
+            key_digest: "d".into(),
+            owner: Owner {
+                name: "Ahmet Kaya".into(),
+                email: "ahmet@kayasmmm.com".into(),
+                phone: None,
+                company_name: "Kaya SMMM".into(),
+                company_vkn: None,
+            },
+            package: "pro".into(),
+            max_devices: 5,
+            monthly_token_limit: 500_000,
+            expires_at,
+            gemini: None,
+            telegram: None,
+            lead_id: None,
+            at: at(2026, 2, 5),
+        }
+    }
+
+    #[test]
+    fn renewal_counts_from_the_later_of_now_and_the_expiry() {
+        // Not yet expired: from the expiry.
+        Given::with(())
+            .given(vec![created(at(2027, 2, 5))])
+            .when(LicenseCommand::Renew {
+                months: 12,
+                now: at(2026, 12, 1),
+            })
+            .then_expect_events(vec![LicenseEvent::LicenseRenewed {
+                months: 12,
+                expires_at: at(2028, 2, 5),
+                at: at(2026, 12, 1),
+            }]);
+        // Long expired: from now.
+        Given::with(())
+            .given(vec![created(at(2025, 1, 1))])
+            .when(LicenseCommand::Renew {
+                months: 1,
+                now: at(2026, 3, 10),
+            })
+            .then_expect_events(vec![LicenseEvent::LicenseRenewed {
+                months: 1,
+                expires_at: at(2026, 4, 10),
+                at: at(2026, 3, 10),
+            }]);
+    }
+
+    #[test]
+    fn suspend_reactivate_and_revoke_follow_the_lifecycle() {
+        let now = at(2026, 6, 1);
+        Given::with(())
+            .given(vec![
+                created(at(2027, 1, 1)),
+                LicenseEvent::LicenseSuspended { at: now },
+            ])
+            .when(LicenseCommand::Suspend { now })
+            .then_expect_error(LicenseError::AlreadySuspended);
+        Given::with(())
+            .given(vec![created(at(2027, 1, 1))])
+            .when(LicenseCommand::Reactivate { now })
+            .then_expect_error(LicenseError::NotSuspended);
+        Given::with(())
+            .given(vec![
+                created(at(2027, 1, 1)),
+                LicenseEvent::LicenseRevoked { at: now },
+            ])
+            .when(LicenseCommand::Reactivate { now })
+            .then_expect_error(LicenseError::Revoked);
+        Given::with(())
+            .given(vec![
+                created(at(2027, 1, 1)),
+                LicenseEvent::LicenseRevoked { at: now },
+            ])
+            .when(LicenseCommand::Renew { months: 1, now })
+            .then_expect_error(LicenseError::Revoked);
+    }
+
+    #[test]
+    fn a_license_past_its_expiry_is_expired_unless_suspended_or_revoked() {
+        let now = at(2026, 6, 1);
+        assert_eq!(
+            status_at(LicenseState::Active, at(2026, 5, 31), now),
+            "expired"
+        );
+        assert_eq!(
+            status_at(LicenseState::Active, at(2026, 6, 2), now),
+            "active"
+        );
+        assert_eq!(
+            status_at(LicenseState::Suspended, at(2026, 5, 31), now),
+            "suspended"
+        );
+        assert_eq!(
+            status_at(LicenseState::Revoked, at(2026, 5, 31), now),
+            "revoked"
+        );
+    }
+
+    #[test]
+    fn limits_out_of_range_name_their_field() {
+        Given::with(())
+            .given(vec![created(at(2027, 1, 1))])
+            .when(LicenseCommand::Update {
+                owner: None,
+                max_devices: Some(0),
+                monthly_token_limit: None,
+                gemini: None,
+                telegram: None,
+                now: at(2026, 6, 1),
+            })
+            .then_expect_error(LicenseError::Invalid("maxDevices"));
+    }
+}

@@ -1,0 +1,659 @@
+//! The licenses read models: the admin list and detail (`licenses`, with `license_history`),
+//! the customers view grouped from them, and the license e-mail outbox (`license_mail`).
+//!
+//! Secrets stay ciphertext here (`*_sealed` columns); only their masks are plain. The
+//! gateway decrypts the license key for the admin, who hands it to the customer.
+
+use aggregates::license::{LicenseEvent, LicenseState, SecretChange, status_at};
+use chrono::{DateTime, Utc};
+use eventstore::StoredEvent;
+use serde_json::{Value, json};
+use sqlx::{PgConnection, PgExecutor, PgPool, Postgres, QueryBuilder};
+use uuid::Uuid;
+
+use crate::adapter::EventProjection;
+use crate::leads::fold;
+use crate::{BoxFuture, ProjectionError, pg_json, pg_text, pg_text_opt, rfc3339};
+
+pub const NAME: &str = "licenses";
+pub const MAIL_NAME: &str = "license_mail";
+
+pub struct LicensesProjection;
+
+fn search_text(
+    name: &str,
+    email: &str,
+    company: &str,
+    vkn: Option<&str>,
+    phone: Option<&str>,
+) -> String {
+    fold(&format!(
+        "{name} {email} {company} {} {}",
+        vkn.unwrap_or(""),
+        phone.unwrap_or("")
+    ))
+}
+
+impl EventProjection for LicensesProjection {
+    type Event = LicenseEvent;
+    type Page = ();
+    const NAME: &'static str = NAME;
+    const AGGREGATE_TYPE: &'static str = aggregates::license::AGGREGATE_TYPE;
+
+    fn apply<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        stored: &'a StoredEvent,
+        event: LicenseEvent,
+        _page: &'a mut (),
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        Box::pin(async move {
+            let id: Uuid = stored
+                .stream
+                .aggregate_id
+                .parse()
+                .map_err(|e| ProjectionError::event(stored, e))?;
+            let at = stored.recorded_at;
+            let position = stored.global_position();
+            let (action, details) = apply_one(tx, id, event, at, position).await?;
+            sqlx::query(
+                "INSERT INTO license_history (license_id, sequence, action, at, actor, details)
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+            )
+            .bind(id)
+            .bind(stored.sequence as i64)
+            .bind(action)
+            .bind(at)
+            .bind(pg_text_opt(stored.metadata.actor.as_deref()))
+            .bind(pg_json(details))
+            .execute(&mut *tx)
+            .await?;
+            Ok(())
+        })
+    }
+}
+
+/// Writes one event to `licenses`; returns its timeline entry.
+async fn apply_one(
+    tx: &mut PgConnection,
+    id: Uuid,
+    event: LicenseEvent,
+    at: DateTime<Utc>,
+    position: i64,
+) -> Result<(&'static str, Value), sqlx::Error> {
+    let touch = |sql: &'static str| sqlx::query(sql).bind(id).bind(at).bind(position);
+    Ok(match event {
+        LicenseEvent::LicenseCreated {
+            key,
+            key_digest,
+            owner,
+            package,
+            max_devices,
+            monthly_token_limit,
+            expires_at,
+            gemini,
+            telegram,
+            lead_id,
+            ..
+        } => {
+            let search = search_text(
+                &owner.name,
+                &owner.email,
+                &owner.company_name,
+                owner.company_vkn.as_deref(),
+                owner.phone.as_deref(),
+            );
+            sqlx::query(
+                "INSERT INTO licenses (id, key_sealed, key_digest, owner_name, owner_email, owner_phone,
+                     company_name, company_vkn, package_type, max_devices, monthly_token_limit, state,
+                     expires_at, lead_id, gemini_key_sealed, gemini_key_mask, telegram_token_sealed,
+                     telegram_token_mask, telegram_bot_username, webhook_secret_sealed, search,
+                     created_at, updated_at, last_position)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'active', $12, $13, $14, $15,
+                         $16, $17, $18, $19, $20, $21, $21, $22)
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(id)
+            .bind(pg_text(&key.0))
+            .bind(pg_text(&key_digest))
+            .bind(pg_text(&owner.name))
+            .bind(pg_text(&owner.email))
+            .bind(pg_text_opt(owner.phone.as_deref()))
+            .bind(pg_text(&owner.company_name))
+            .bind(pg_text_opt(owner.company_vkn.as_deref()))
+            .bind(pg_text(&package))
+            .bind(i64::from(max_devices))
+            .bind(i64::try_from(monthly_token_limit).unwrap_or(i64::MAX))
+            .bind(expires_at)
+            .bind(lead_id)
+            .bind(gemini.as_ref().map(|g| pg_text(&g.key.0).into_owned()))
+            .bind(gemini.as_ref().map(|g| pg_text(&g.mask).into_owned()))
+            .bind(telegram.as_ref().map(|t| pg_text(&t.token.0).into_owned()))
+            .bind(telegram.as_ref().map(|t| pg_text(&t.token_mask).into_owned()))
+            .bind(telegram.as_ref().and_then(|t| t.username.as_deref().map(|u| pg_text(u).into_owned())))
+            .bind(telegram.as_ref().map(|t| pg_text(&t.webhook_secret.0).into_owned()))
+            .bind(search)
+            .bind(at)
+            .bind(position)
+            .execute(&mut *tx)
+            .await?;
+            (
+                "created",
+                json!({"packageType": package, "maxDevices": max_devices,
+                       "monthlyTokenLimit": monthly_token_limit, "expiresAt": rfc3339(expires_at),
+                       "leadId": lead_id, "hasGeminiApiKey": gemini.is_some(),
+                       "hasTelegramBot": telegram.is_some()}),
+            )
+        }
+        LicenseEvent::LicenseUpdated {
+            owner,
+            max_devices,
+            monthly_token_limit,
+            gemini,
+            telegram,
+            ..
+        } => {
+            let mut changed: Vec<&str> = Vec::new();
+            let mut q: QueryBuilder<'_, Postgres> =
+                QueryBuilder::new("UPDATE licenses SET updated_at = ");
+            q.push_bind(at)
+                .push(", last_position = ")
+                .push_bind(position);
+            if let Some(owner) = &owner {
+                changed.extend([
+                    "ownerName",
+                    "ownerEmail",
+                    "ownerPhone",
+                    "companyName",
+                    "companyVkn",
+                ]);
+                q.push(", owner_name = ")
+                    .push_bind(pg_text(&owner.name).into_owned());
+                q.push(", owner_email = ")
+                    .push_bind(pg_text(&owner.email).into_owned());
+                q.push(", owner_phone = ")
+                    .push_bind(owner.phone.as_deref().map(|p| pg_text(p).into_owned()));
+                q.push(", company_name = ")
+                    .push_bind(pg_text(&owner.company_name).into_owned());
+                q.push(", company_vkn = ").push_bind(
+                    owner
+                        .company_vkn
+                        .as_deref()
+                        .map(|v| pg_text(v).into_owned()),
+                );
+                q.push(", search = ").push_bind(search_text(
+                    &owner.name,
+                    &owner.email,
+                    &owner.company_name,
+                    owner.company_vkn.as_deref(),
+                    owner.phone.as_deref(),
+                ));
+            }
+            if let Some(devices) = max_devices {
+                changed.push("maxDevices");
+                q.push(", max_devices = ").push_bind(i64::from(devices));
+            }
+            if let Some(tokens) = monthly_token_limit {
+                changed.push("monthlyTokenLimit");
+                q.push(", monthly_token_limit = ")
+                    .push_bind(i64::try_from(tokens).unwrap_or(i64::MAX));
+            }
+            match &gemini {
+                Some(SecretChange::Set(g)) => {
+                    changed.push("geminiApiKey");
+                    q.push(", gemini_key_sealed = ")
+                        .push_bind(pg_text(&g.key.0).into_owned());
+                    q.push(", gemini_key_mask = ")
+                        .push_bind(pg_text(&g.mask).into_owned());
+                }
+                Some(SecretChange::Removed) => {
+                    changed.push("geminiApiKey");
+                    q.push(", gemini_key_sealed = NULL, gemini_key_mask = NULL");
+                }
+                None => {}
+            }
+            match &telegram {
+                Some(SecretChange::Set(t)) => {
+                    changed.push("telegramBot");
+                    q.push(", telegram_token_sealed = ")
+                        .push_bind(pg_text(&t.token.0).into_owned());
+                    q.push(", telegram_token_mask = ")
+                        .push_bind(pg_text(&t.token_mask).into_owned());
+                    q.push(", telegram_bot_username = ")
+                        .push_bind(t.username.as_deref().map(|u| pg_text(u).into_owned()));
+                    q.push(", webhook_secret_sealed = ")
+                        .push_bind(pg_text(&t.webhook_secret.0).into_owned());
+                    q.push(", telegram_webhook_active = false");
+                }
+                Some(SecretChange::Removed) => {
+                    changed.push("telegramBot");
+                    q.push(", telegram_token_sealed = NULL, telegram_token_mask = NULL, telegram_bot_username = NULL, webhook_secret_sealed = NULL, telegram_webhook_active = false");
+                }
+                None => {}
+            }
+            q.push(" WHERE id = ").push_bind(id);
+            q.build().execute(&mut *tx).await?;
+            ("updated", json!({"changed": changed}))
+        }
+        LicenseEvent::LicenseRenewed {
+            months, expires_at, ..
+        } => {
+            sqlx::query("UPDATE licenses SET expires_at = $4, updated_at = $2, last_position = $3 WHERE id = $1")
+                .bind(id)
+                .bind(at)
+                .bind(position)
+                .bind(expires_at)
+                .execute(&mut *tx)
+                .await?;
+            (
+                "renewed",
+                json!({"months": months, "expiresAt": rfc3339(expires_at)}),
+            )
+        }
+        LicenseEvent::LicenseSuspended { .. } => {
+            touch("UPDATE licenses SET state = 'suspended', updated_at = $2, last_position = $3 WHERE id = $1")
+                .execute(&mut *tx)
+                .await?;
+            ("suspended", json!({}))
+        }
+        LicenseEvent::LicenseReactivated { .. } => {
+            touch("UPDATE licenses SET state = 'active', updated_at = $2, last_position = $3 WHERE id = $1")
+                .execute(&mut *tx)
+                .await?;
+            ("reactivated", json!({}))
+        }
+        LicenseEvent::LicenseRevoked { .. } => {
+            touch("UPDATE licenses SET state = 'revoked', updated_at = $2, last_position = $3 WHERE id = $1")
+                .execute(&mut *tx)
+                .await?;
+            ("revoked", json!({}))
+        }
+        LicenseEvent::LicenseWebhookConfigured { active, .. } => {
+            sqlx::query("UPDATE licenses SET telegram_webhook_active = $4, last_position = $3, updated_at = $2 WHERE id = $1")
+                .bind(id)
+                .bind(at)
+                .bind(position)
+                .bind(active)
+                .execute(&mut *tx)
+                .await?;
+            ("webhook_configured", json!({"active": active}))
+        }
+        LicenseEvent::LicenseEmailRequested { .. } => ("email_requested", json!({})),
+        LicenseEvent::LicenseEmailSent { to, .. } => {
+            touch("UPDATE licenses SET email_sent_at = $2, last_position = $3 WHERE id = $1")
+                .execute(&mut *tx)
+                .await?;
+            ("email_sent", json!({"to": to}))
+        }
+    })
+}
+
+/// The license e-mail outbox: one row per mail to send, written exactly once per event in
+/// the same transaction as this projection's checkpoint.
+pub struct LicenseMailProjection;
+
+impl EventProjection for LicenseMailProjection {
+    type Event = LicenseEvent;
+    type Page = ();
+    const NAME: &'static str = MAIL_NAME;
+    const AGGREGATE_TYPE: &'static str = aggregates::license::AGGREGATE_TYPE;
+
+    fn apply<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        stored: &'a StoredEvent,
+        event: LicenseEvent,
+        _page: &'a mut (),
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        Box::pin(async move {
+            if !matches!(
+                event,
+                LicenseEvent::LicenseCreated { .. } | LicenseEvent::LicenseEmailRequested { .. }
+            ) {
+                return Ok(());
+            }
+            let id: Uuid = stored
+                .stream
+                .aggregate_id
+                .parse()
+                .map_err(|e| ProjectionError::event(stored, e))?;
+            sqlx::query(
+                "INSERT INTO license_mail_outbox (license_id, sequence) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            )
+            .bind(id)
+            .bind(stored.sequence as i64)
+            .execute(&mut *tx)
+            .await?;
+            Ok(())
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Queries.
+
+#[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
+pub struct LicenseRow {
+    pub id: Uuid,
+    pub key_sealed: String,
+    pub owner_name: String,
+    pub owner_email: String,
+    pub owner_phone: Option<String>,
+    pub company_name: String,
+    pub company_vkn: Option<String>,
+    pub package_type: String,
+    pub max_devices: i32,
+    pub monthly_token_limit: i64,
+    pub state: String,
+    pub expires_at: DateTime<Utc>,
+    pub lead_id: Option<Uuid>,
+    pub gemini_key_mask: Option<String>,
+    pub telegram_token_mask: Option<String>,
+    pub telegram_bot_username: Option<String>,
+    pub telegram_webhook_active: bool,
+    pub email_sent_at: Option<DateTime<Utc>>,
+    pub current_devices: i32,
+    pub tokens_used_this_month: i64,
+    pub last_active_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl LicenseRow {
+    pub fn state(&self) -> LicenseState {
+        match self.state.as_str() {
+            "suspended" => LicenseState::Suspended,
+            "revoked" => LicenseState::Revoked,
+            _ => LicenseState::Active,
+        }
+    }
+
+    /// The status at `now` (`expired` derived from `expiresAt`).
+    pub fn status(&self, now: DateTime<Utc>) -> &'static str {
+        status_at(self.state(), self.expires_at, now)
+    }
+
+    /// The list item (seed 001), with the license key the caller decrypted.
+    pub fn to_json(&self, license_key: &str, now: DateTime<Utc>) -> Value {
+        json!({
+            "id": self.id,
+            "licenseKey": license_key,
+            "ownerName": self.owner_name,
+            "ownerEmail": self.owner_email,
+            "ownerPhone": self.owner_phone,
+            "companyName": self.company_name,
+            "companyVkn": self.company_vkn,
+            "packageType": self.package_type,
+            "status": self.status(now),
+            "currentDevices": self.current_devices,
+            "maxDevices": self.max_devices,
+            "tokensUsedThisMonth": self.tokens_used_this_month,
+            "monthlyTokenLimit": self.monthly_token_limit,
+            "expiresAt": rfc3339(self.expires_at),
+            "lastActiveAt": self.last_active_at.map(rfc3339),
+            "leadId": self.lead_id,
+            "geminiApiKey": self.gemini_key_mask,
+            "hasGeminiApiKey": self.gemini_key_mask.is_some(),
+            "telegramBotToken": self.telegram_token_mask,
+            "hasTelegramBotToken": self.telegram_token_mask.is_some(),
+            "telegramBotUsername": self.telegram_bot_username,
+            "telegramWebhookActive": self.telegram_webhook_active,
+            "emailSentAt": self.email_sent_at.map(rfc3339),
+            "createdAt": rfc3339(self.created_at),
+            "updatedAt": rfc3339(self.updated_at),
+        })
+    }
+}
+
+const LICENSE_COLUMNS: &str = "id, key_sealed, owner_name, owner_email, owner_phone, company_name,
+    company_vkn, package_type, max_devices, monthly_token_limit, state, expires_at, lead_id,
+    gemini_key_mask, telegram_token_mask, telegram_bot_username, telegram_webhook_active,
+    email_sent_at, current_devices, tokens_used_this_month, last_active_at, created_at, updated_at";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LicenseSort {
+    CreatedAt,
+    UpdatedAt,
+    ExpiresAt,
+    OwnerName,
+    CompanyName,
+}
+
+impl LicenseSort {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "createdAt" => Some(Self::CreatedAt),
+            "updatedAt" => Some(Self::UpdatedAt),
+            "expiresAt" => Some(Self::ExpiresAt),
+            "ownerName" => Some(Self::OwnerName),
+            "companyName" => Some(Self::CompanyName),
+            _ => None,
+        }
+    }
+
+    fn column(self) -> &'static str {
+        match self {
+            Self::CreatedAt => "created_at",
+            Self::UpdatedAt => "updated_at",
+            Self::ExpiresAt => "expires_at",
+            Self::OwnerName => "lower(owner_name)",
+            Self::CompanyName => "lower(company_name)",
+        }
+    }
+}
+
+/// Filters of the admin list. `status` is the derived status (`expired` included).
+#[derive(Clone, Debug, Default)]
+pub struct LicenseFilter {
+    pub status: Option<String>,
+    pub search: Option<String>,
+    /// A whole license key in the search box, as its keyed digest.
+    pub key_digest: Option<String>,
+    pub package_type: Option<String>,
+    pub expiring_within_days: Option<i64>,
+}
+
+impl LicenseFilter {
+    fn push_where(&self, q: &mut QueryBuilder<'_, Postgres>, now: DateTime<Utc>) {
+        q.push(" WHERE true");
+        match self.status.as_deref() {
+            Some("active") => {
+                q.push(" AND state = 'active' AND expires_at > ")
+                    .push_bind(now);
+            }
+            Some("expired") => {
+                q.push(" AND state = 'active' AND expires_at <= ")
+                    .push_bind(now);
+            }
+            Some(other) => {
+                q.push(" AND state = ").push_bind(other.to_string());
+            }
+            None => {}
+        }
+        if let Some(search) = self
+            .search
+            .as_deref()
+            .map(fold)
+            .filter(|s| !s.trim().is_empty())
+        {
+            let escaped = search
+                .trim()
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            q.push(" AND (search LIKE ")
+                .push_bind(format!("%{escaped}%"));
+            if let Some(digest) = &self.key_digest {
+                q.push(" OR key_digest = ").push_bind(digest.clone());
+            }
+            q.push(")");
+        }
+        if let Some(package) = &self.package_type {
+            q.push(" AND package_type = ").push_bind(package.clone());
+        }
+        if let Some(days) = self.expiring_within_days {
+            q.push(" AND state = 'active' AND expires_at > ")
+                .push_bind(now)
+                .push(" AND expires_at <= ")
+                .push_bind(now + chrono::Duration::days(days));
+        }
+    }
+}
+
+pub async fn list(
+    pool: &PgPool,
+    filter: &LicenseFilter,
+    sort: LicenseSort,
+    descending: bool,
+    page: i64,
+    limit: i64,
+    now: DateTime<Utc>,
+) -> Result<(Vec<LicenseRow>, i64), sqlx::Error> {
+    let mut count = QueryBuilder::new("SELECT count(*) FROM licenses");
+    filter.push_where(&mut count, now);
+    let total: i64 = count.build_query_scalar().fetch_one(pool).await?;
+    let mut q = QueryBuilder::new(format!("SELECT {LICENSE_COLUMNS} FROM licenses"));
+    filter.push_where(&mut q, now);
+    let order = if descending { "DESC" } else { "ASC" };
+    q.push(format!(" ORDER BY {} {order}, id {order}", sort.column()));
+    q.push(" LIMIT ").push_bind(limit);
+    q.push(" OFFSET ").push_bind((page - 1) * limit);
+    let rows = q.build_query_as::<LicenseRow>().fetch_all(pool).await?;
+    Ok((rows, total))
+}
+
+pub async fn get<'e>(db: impl PgExecutor<'e>, id: Uuid) -> Result<Option<LicenseRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {LICENSE_COLUMNS} FROM licenses WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(db)
+    .await
+}
+
+/// Several licenses by id, in one query (the live feed maps a batch at a time).
+pub async fn get_many(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<LicenseRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {LICENSE_COLUMNS} FROM licenses WHERE id = ANY($1)"
+    ))
+    .bind(ids)
+    .fetch_all(pool)
+    .await
+}
+
+#[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
+pub struct HistoryRow {
+    pub sequence: i64,
+    pub action: String,
+    pub at: DateTime<Utc>,
+    pub actor: Option<String>,
+    pub details: Value,
+}
+
+impl HistoryRow {
+    pub fn to_json(&self) -> Value {
+        json!({"action": self.action, "at": rfc3339(self.at), "by": self.actor, "details": self.details})
+    }
+}
+
+pub async fn history(pool: &PgPool, id: Uuid) -> Result<Vec<HistoryRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT sequence, action, at, actor, details FROM license_history WHERE license_id = $1 ORDER BY sequence",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await
+}
+
+/// How many licenses use the plan `slug` (a plan in use is not deleted).
+pub async fn count_with_package(pool: &PgPool, slug: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM licenses WHERE package_type = $1")
+        .bind(slug)
+        .fetch_one(pool)
+        .await
+}
+
+/// The secrets of one license, still sealed: for the gateway's Telegram and mail work.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct LicenseSecrets {
+    pub key_sealed: String,
+    pub telegram_token_sealed: Option<String>,
+    pub webhook_secret_sealed: Option<String>,
+    pub gemini_key_sealed: Option<String>,
+}
+
+pub async fn secrets<'e>(
+    db: impl PgExecutor<'e>,
+    id: Uuid,
+) -> Result<Option<LicenseSecrets>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT key_sealed, telegram_token_sealed, webhook_secret_sealed, gemini_key_sealed FROM licenses WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(db)
+    .await
+}
+
+/// License owners grouped by VKN, else by company name (case- and Turkish-letter-folded).
+pub async fn customers(
+    pool: &PgPool,
+    search: Option<&str>,
+    page: i64,
+    limit: i64,
+) -> Result<(Vec<(String, Vec<LicenseRow>)>, i64), sqlx::Error> {
+    let group = "coalesce('vkn:' || company_vkn, 'company:' || lower(company_name))";
+    let pattern = search.map(fold).filter(|s| !s.trim().is_empty()).map(|s| {
+        format!(
+            "%{}%",
+            s.trim()
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_")
+        )
+    });
+    let total: i64 = sqlx::query_scalar(&format!(
+        "SELECT count(DISTINCT {group}) FROM licenses WHERE $1::text IS NULL OR search LIKE $1"
+    ))
+    .bind(&pattern)
+    .fetch_one(pool)
+    .await?;
+    let keys: Vec<String> = sqlx::query_scalar(&format!(
+        "SELECT {group} AS k FROM licenses WHERE $1::text IS NULL OR search LIKE $1
+          GROUP BY k ORDER BY min(lower(company_name)), k LIMIT $2 OFFSET $3"
+    ))
+    .bind(&pattern)
+    .bind(limit)
+    .bind((page - 1) * limit)
+    .fetch_all(pool)
+    .await?;
+    let rows: Vec<(String, LicenseRow)> = if keys.is_empty() {
+        Vec::new()
+    } else {
+        let found: Vec<LicenseRowWithGroup> = sqlx::query_as(&format!(
+            "SELECT {group} AS customer, {LICENSE_COLUMNS} FROM licenses WHERE {group} = ANY($1) ORDER BY created_at"
+        ))
+        .bind(&keys)
+        .fetch_all(pool)
+        .await?;
+        found.into_iter().map(|r| (r.customer, r.row)).collect()
+    };
+    let grouped = keys
+        .into_iter()
+        .map(|k| {
+            let licenses = rows
+                .iter()
+                .filter(|(g, _)| *g == k)
+                .map(|(_, r)| r.clone())
+                .collect();
+            (k, licenses)
+        })
+        .collect();
+    Ok((grouped, total))
+}
+
+#[derive(sqlx::FromRow)]
+struct LicenseRowWithGroup {
+    customer: String,
+    #[sqlx(flatten)]
+    row: LicenseRow,
+}
