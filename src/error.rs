@@ -78,13 +78,15 @@ impl AppError {
         )
     }
 
+    /// 400 for a body that is not JSON. The parser's own words stay in the log: they
+    /// describe our internals, not the client's mistake.
     pub fn invalid_json(detail: impl Into<String>) -> Self {
+        tracing::debug!(detail = %detail.into(), "request body is not JSON");
         Self::new(
             StatusCode::BAD_REQUEST,
             "INVALID_JSON",
             "İstek gövdesi geçerli bir JSON değil.",
         )
-        .with("detail", detail.into())
     }
 
     pub fn unsupported_media_type() -> Self {

@@ -39,14 +39,39 @@ fn forbidden(c: char, multi_line: bool) -> bool {
         return false;
     }
     c.is_control()
-        || matches!(c,
-            // Line and paragraph separators.
-            '\u{2028}' | '\u{2029}'
-            // Bidirectional embeddings, overrides and isolates ("Trojan Source").
-            | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
-            // Byte-order mark / zero-width no-break space, interlinear annotations.
-            | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}')
+        || is_invisible_format(c)
         || is_noncharacter(c)
+        || (!multi_line && is_private_use(c))
+}
+
+/// Unicode's format characters (general category Cf) and the other invisible fillers: they
+/// render as nothing, so `victim\u{200B}` looks like `victim`, and tag characters smuggle
+/// hidden ASCII. The zero-width joiner stays: emoji sequences need it.
+fn is_invisible_format(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}'
+        | '\u{180B}'..='\u{180F}' | '\u{200B}' | '\u{200C}' | '\u{200E}' | '\u{200F}'
+        // Line and paragraph separators.
+        | '\u{2028}' | '\u{2029}'
+        // Bidirectional embeddings, overrides and isolates ("Trojan Source").
+        | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{206F}'
+        | '\u{3164}' | '\u{FFA0}'
+        // Byte-order mark / zero-width no-break space, interlinear annotations.
+        | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}'
+        | '\u{0600}'..='\u{0605}' | '\u{06DD}' | '\u{070F}' | '\u{08E2}'
+        | '\u{110BD}' | '\u{110CD}' | '\u{13430}'..='\u{1343F}' | '\u{1BCA0}'..='\u{1BCA3}'
+        | '\u{1D173}'..='\u{1D17A}'
+        // Tags and variation selectors supplement.
+        | '\u{E0000}'..='\u{E0FFF}')
+}
+
+fn is_private_use(c: char) -> bool {
+    matches!(c, '\u{E000}'..='\u{F8FF}' | '\u{F0000}'..='\u{10FFFF}')
+}
+
+/// A name must hold at least one letter: not only marks, digits or punctuation.
+pub fn has_letter(text: &str) -> bool {
+    text.chars().any(char::is_alphabetic)
 }
 
 fn is_noncharacter(c: char) -> bool {

@@ -99,6 +99,7 @@ pub fn from_domain(error: AdminError) -> AppError {
         AdminError::InvalidEmail => {
             AppError::validation("email", "Geçerli bir e-posta adresi girin.")
         }
+        AdminError::Forbidden => forbidden(),
         AdminError::InvalidName => {
             AppError::validation("name", "Ad 2 ile 100 karakter arasında olmalı.")
         }

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 use crate::error::AppError;
+use crate::http::client_ip::rate_key;
 use crate::ratelimit::KeyedLimiter;
 
 pub const LOGIN_FAILURES_ALLOWED: u32 = 5;
@@ -47,23 +48,24 @@ impl Limits {
     /// Counts a request before login (login, refresh) by client IP; 429 over the limit.
     pub fn anonymous_request(&self, ip: IpAddr) -> Result<(), AppError> {
         self.requests
-            .check(&Caller::Ip(ip), Instant::now())
+            .check(&Caller::Ip(rate_key(ip)), Instant::now())
             .map_err(AppError::rate_limited)
     }
 
     /// 429 while `email` has used up its failed logins from `ip`.
     pub fn login_allowed(&self, email: &str, ip: IpAddr) -> Result<(), AppError> {
         self.login_failures
-            .peek(&(email.to_string(), ip), Instant::now())
+            .peek(&(email.to_string(), rate_key(ip)), Instant::now())
             .map_err(AppError::rate_limited)
     }
 
     pub fn login_failed(&self, email: &str, ip: IpAddr) {
         self.login_failures
-            .record(&(email.to_string(), ip), Instant::now());
+            .record(&(email.to_string(), rate_key(ip)), Instant::now());
     }
 
     pub fn login_succeeded(&self, email: &str, ip: IpAddr) {
-        self.login_failures.reset(&(email.to_string(), ip));
+        self.login_failures
+            .reset(&(email.to_string(), rate_key(ip)));
     }
 }

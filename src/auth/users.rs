@@ -12,8 +12,8 @@
 //! deactivate, reset the password of) an admin who holds a permission they lack.
 
 use aggregates::admin::{
-    AdminCommand, AdminError, AdminUpdate, AdminUser, Permission, Role, effective_permissions,
-    is_valid_email, is_valid_name, normalize_email,
+    ActorRights, AdminCommand, AdminError, AdminUpdate, AdminUser, Permission, Role,
+    effective_permissions, is_valid_email, is_valid_name, normalize_email,
 };
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -351,6 +351,10 @@ async fn update_user(
         active: body.active,
         password_hash,
         active_super_admins,
+        actor: Some(ActorRights {
+            role: principal.role,
+            permissions: principal.permissions.clone(),
+        }),
         at: Utc::now(),
     };
     let outcome = CommandHandler::<AdminUser>::new(state.store.clone(), ())

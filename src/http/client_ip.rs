@@ -158,3 +158,37 @@ mod tests {
         );
     }
 }
+
+/// The key a per-client rate limit counts under: an IPv4 address as it is, an IPv6 address
+/// by its /64 prefix — one subscriber's network, from which a client may use any of 2⁶⁴
+/// addresses to dodge a per-address limit. IPv4-mapped IPv6 counts as its IPv4 address.
+pub fn rate_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(std::net::Ipv6Addr::from(prefix))
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod rate_key_tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_clients_count_by_their_64_prefix() {
+        let a: IpAddr = "2001:db8:77::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:77::c".parse().unwrap();
+        let other: IpAddr = "2001:db8:78::1".parse().unwrap();
+        assert_eq!(rate_key(a), rate_key(b));
+        assert_ne!(rate_key(a), rate_key(other));
+        let v4: IpAddr = "203.0.113.9".parse().unwrap();
+        let mapped: IpAddr = "::ffff:203.0.113.9".parse().unwrap();
+        assert_eq!(rate_key(v4), v4);
+        assert_eq!(rate_key(mapped), v4);
+    }
+}

@@ -7,7 +7,11 @@ use crate::error::AppError;
 pub fn normalise_email(raw: &str) -> Result<String, AppError> {
     let email = raw.trim().to_lowercase();
     let invalid = || AppError::validation("email", "Geçersiz email formatı");
+    // ASCII only, as for admins: a look-alike letter or an invisible character would make
+    // `victim@exаmple.com` a second contact that staff cannot tell from the first, and a
+    // domain they might reply to. An internationalised domain is written `xn--…`.
     if email.len() > 254
+        || !email.is_ascii()
         || email.chars().any(char::is_whitespace)
         || aggregates::text::check_single_line(&email).is_err()
     {

@@ -55,6 +55,10 @@ fn validate(form: &Value) -> AppResult<Submission> {
     let Some(object) = form.as_object() else {
         return Err(AppError::validation("", "Form bir JSON nesnesi olmalı"));
     };
+    // Also in fields the form does not read: a body with U+0000 anywhere is refused whole.
+    if let Some(field) = crate::http::extract::nul_path(form, String::new()) {
+        return Err(crate::http::extract::nul_in(&field));
+    }
     let field = |names: &[&str]| -> AppResult<Option<String>> {
         let Some((name, value)) = names.iter().find_map(|n| object.get(*n).map(|v| (*n, v))) else {
             return Ok(None);
@@ -70,6 +74,9 @@ fn validate(form: &Value) -> AppResult<Submission> {
             .ok_or_else(|| AppError::validation(name, format!("{name} alanı zorunludur")))
     };
     let name = contact::text("name", &required("name")?, 2, 100)?;
+    if !aggregates::text::has_letter(&name) {
+        return Err(AppError::validation("name", "name en az bir harf içermeli"));
+    }
     let email = contact::normalise_email(&required("email")?)?;
     let phone = contact::normalise_phone(&required("phone")?)?;
     let company = contact::optional_text("company", field(&["company"])?.as_deref(), 200)?;
@@ -136,12 +143,22 @@ async fn create_lead(
     }
     state
         .landing_limiter
-        .check(&context.ip, Instant::now())
+        .check(
+            &crate::http::client_ip::rate_key(context.ip),
+            Instant::now(),
+        )
         .map_err(AppError::rate_limited)?;
     let idempotency = headers
         .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+        .map(|v| {
+            v.to_str().map(str::to_string).map_err(|_| {
+                AppError::validation(
+                    "Idempotency-Key",
+                    "Idempotency-Key 1–200 görünür ASCII karakter olmalı",
+                )
+            })
+        })
+        .transpose()?;
     if let Some(key) = &idempotency {
         if key.is_empty() || key.len() > 200 || !key.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(AppError::validation(

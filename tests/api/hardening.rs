@@ -984,3 +984,98 @@ async fn the_csv_export_opens_in_a_turkish_excel(pool: PgPool) {
     assert_eq!(wrong.status(), StatusCode::UNPROCESSABLE_ENTITY);
     app.stop().await.unwrap();
 }
+
+// ---------------------------------------------------------------------------------------
+// Found by the attacker review of the first fixes.
+
+#[sqlx::test(migrations = false)]
+async fn look_alike_contacts_and_invisible_names_are_refused_on_the_landing_form(pool: PgPool) {
+    let app = TestApp::spawn_with(pool.clone(), &[("TRUSTED_PROXIES", "127.0.0.1/32")]).await;
+    for (field, value) in [
+        ("email", "victim\u{200B}@example.com"),
+        ("email", "v\u{456}ctim@example.com"),
+        ("email", "victim@ex\u{430}mple.com"),
+        ("name", "Ahmet\u{200B}"),
+        ("name", "Ahmet\u{E0041}"),
+        ("name", "12345"),
+        ("company", "Soft\u{AD}Hyphen"),
+    ] {
+        let mut body = form(8);
+        body[field] = json!(value);
+        let (status, error) = error_of(post_form(&app, &body).await).await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{field} {value:?}"
+        );
+        assert_eq!(error["field"], field);
+    }
+    // U+0000 in a key the form does not read is refused too.
+    let mut body = form(8);
+    body["na\u{0}me"] = json!("x");
+    let (status, _) = error_of(post_form(&app, &body).await).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    // An Idempotency-Key that is not ASCII is refused, not silently ignored.
+    let response = app
+        .client
+        .post(app.url("/v1/leads"))
+        .header("X-API-Key", LANDING_KEY)
+        .header(
+            "Idempotency-Key",
+            reqwest::header::HeaderValue::from_bytes(b"k\xe4y").unwrap(),
+        )
+        .json(&form(8))
+        .send()
+        .await
+        .unwrap();
+    let (status, error) = error_of(response).await;
+    assert_eq!(
+        (status, error["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("Idempotency-Key"))
+    );
+    assert_eq!(event_count(&pool).await, 1, "only the bootstrap admin");
+    app.stop().await.unwrap();
+}
+
+#[sqlx::test(migrations = false)]
+async fn ipv6_clients_are_rate_limited_by_their_network(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, &[("TRUSTED_PROXIES", "127.0.0.1/32")]).await;
+    let mut statuses = Vec::new();
+    for i in 1..=11 {
+        let response = app
+            .client
+            .post(app.url("/v1/leads"))
+            .header("X-API-Key", LANDING_KEY)
+            .header("X-Forwarded-For", format!("2001:db8:77::{i:x}"))
+            .json(&form(100 + i))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(response.status().as_u16());
+    }
+    assert_eq!(statuses[..10], [201; 10]);
+    assert_eq!(
+        statuses[10], 429,
+        "the eleventh from the same /64 is limited"
+    );
+    app.stop().await.unwrap();
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_body_that_is_not_json_gets_no_parser_text(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let response = app
+        .admin(Method::POST, "/v1/admin/auth/login")
+        .header("Content-Type", "application/json")
+        .body("{\"email\":")
+        .send()
+        .await
+        .unwrap();
+    let (status, error) = error_of(response).await;
+    assert_eq!(
+        (status, error["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("INVALID_JSON"))
+    );
+    assert!(error.get("detail").is_none(), "{error}");
+    app.stop().await.unwrap();
+}

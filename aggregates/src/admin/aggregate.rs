@@ -166,8 +166,14 @@ impl AdminUser {
             active,
             password_hash,
             active_super_admins,
+            actor,
             at,
         } = update;
+        if let Some(actor) = actor
+            && !actor.cover(profile.role, &profile.permissions)
+        {
+            return Err(AdminError::Forbidden);
+        }
         let mut steps = Vec::new();
         if active == Some(true) {
             steps.push(AdminCommand::Reactivate { at });
@@ -293,6 +299,7 @@ mod tests {
     use cqrs_es::test::TestFramework;
 
     use super::*;
+    use crate::admin::ActorRights;
 
     type AdminTest = TestFramework<AdminUser>;
 
@@ -665,6 +672,41 @@ mod tests {
                 ..AdminUpdate::default()
             }))
             .then_expect_error(AdminError::LastSuperAdmin);
+    }
+
+    #[test]
+    fn an_actor_who_holds_less_than_the_target_now_changes_nothing() {
+        // `editor()` holds `leads`: an actor with `users` only may not touch it, whatever
+        // the actor saw when it looked; one who also holds `leads` may.
+        let weak = ActorRights {
+            role: Role::Admin,
+            permissions: vec![Permission::Users],
+        };
+        AdminTest::with(())
+            .given(vec![editor()])
+            .when(AdminCommand::Update(AdminUpdate {
+                password_hash: Some("$2b$12$taken-over".into()),
+                actor: Some(weak),
+                at: at(7),
+                ..AdminUpdate::default()
+            }))
+            .then_expect_error(AdminError::Forbidden);
+        let peer = ActorRights {
+            role: Role::Admin,
+            permissions: vec![Permission::Users, Permission::Leads],
+        };
+        AdminTest::with(())
+            .given(vec![editor()])
+            .when(AdminCommand::Update(AdminUpdate {
+                name: Some("Yeni Ad".into()),
+                actor: Some(peer),
+                at: at(7),
+                ..AdminUpdate::default()
+            }))
+            .then_expect_events(vec![AdminEvent::AdminRenamed {
+                name: "Yeni Ad".into(),
+                at: at(7),
+            }]);
     }
 
     #[test]

@@ -67,5 +67,29 @@ pub struct AdminUpdate {
     pub active: Option<bool>,
     pub password_hash: Option<String>,
     pub active_super_admins: u32,
+    /// Who asks, when it is another admin: the change is refused unless they hold at least
+    /// the role and permissions the target holds *now* — decided here, against the stream's
+    /// state, so a concurrent grant to the target cannot slip between check and write.
+    pub actor: Option<ActorRights>,
     pub at: DateTime<Utc>,
+}
+
+/// The rights of the admin who issues a command.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ActorRights {
+    pub role: Role,
+    pub permissions: Vec<Permission>,
+}
+
+impl ActorRights {
+    /// Whether these rights cover everything an admin with `role` and `permissions` holds.
+    pub fn cover(&self, role: Role, permissions: &[Permission]) -> bool {
+        if self.role == Role::SuperAdmin {
+            return true;
+        }
+        role != Role::SuperAdmin
+            && super::effective_permissions(role, permissions)
+                .iter()
+                .all(|p| self.permissions.contains(p))
+    }
 }

@@ -16,6 +16,8 @@ pub enum AdminError {
     InvalidEmail,
     #[error("the name must be 2 to 100 characters")]
     InvalidName,
+    #[error("the actor holds less than the admin they would change")]
+    Forbidden,
     #[error("a password hash is required")]
     MissingPasswordHash,
 }

@@ -19,7 +19,7 @@ mod error;
 mod events;
 
 pub use aggregate::AdminUser;
-pub use commands::{AdminCommand, AdminUpdate};
+pub use commands::{ActorRights, AdminCommand, AdminUpdate};
 pub use error::AdminError;
 pub use events::AdminEvent;
 
@@ -191,10 +191,11 @@ pub fn is_valid_email(email: &str) -> bool {
 }
 
 /// A display name: 2 to 100 characters after trimming, single-line text
-/// ([`crate::text::check_single_line`]).
+/// ([`crate::text::check_single_line`]) with at least one letter.
 pub fn is_valid_name(name: &str) -> bool {
     NAME_LENGTH.contains(&name.trim().chars().count())
         && crate::text::check_single_line(name).is_ok()
+        && crate::text::has_letter(name)
 }
 
 /// Display names: 2 to 100 characters after trimming.
