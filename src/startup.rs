@@ -103,6 +103,13 @@ pub async fn run(
         return Err(e);
     }
     let store = EventStore::new(database.pool.clone());
+    // Before anything appends: on a database that moved to another cluster (restore,
+    // promoted standby) new events must open a new epoch, or they would sort inside the
+    // old log (ADR 0008).
+    if let Err(e) = store.check_epoch().await {
+        let _ = database.close().await;
+        return Err(e).context("checking the event log's epoch");
+    }
     let sealer = Sealer::new(
         database.pool.clone(),
         *config.encryption_key.expose_secret(),
