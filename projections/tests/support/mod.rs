@@ -1,0 +1,3 @@
+//! Helpers shared by the projection crate's integration tests.
+
+pub mod cluster;
