@@ -56,6 +56,14 @@ pub struct Config {
     /// How long a new `/ws/admin` socket may take to send its auth message
     /// (`WS_AUTH_TIMEOUT_MS`; SPEC §4 says 5 s, [`crate::live::AUTH_TIMEOUT`]).
     pub ws_auth_timeout: Duration,
+    /// How often a `/ws/admin` socket is sent a `PROGRESS` frame with its newest cursor (and
+    /// the live feed checks that the database is still on the log's cluster)
+    /// (`WS_PROGRESS_INTERVAL_MS`, [`crate::live::PROGRESS_INTERVAL`]).
+    pub ws_progress_interval: Duration,
+    /// Most events a `since` may be behind the feed; an older one is refused with 4400
+    /// `CURSOR_TOO_OLD` and the panel reloads (`WS_MAX_REPLAY_EVENTS`,
+    /// [`crate::live::MAX_REPLAY_EVENTS`]).
+    pub ws_max_replay_events: i64,
     /// Where generated development credentials were written, if any were.
     pub dev_secrets_file: Option<PathBuf>,
 }
@@ -300,6 +308,27 @@ impl Config {
             },
         };
 
+        let ws_progress_interval = match var("WS_PROGRESS_INTERVAL_MS") {
+            None => crate::live::PROGRESS_INTERVAL,
+            Some(text) => match text.parse::<u64>() {
+                Ok(ms) if ms > 0 => Duration::from_millis(ms),
+                _ => {
+                    problems.push("WS_PROGRESS_INTERVAL_MS must be a positive number".into());
+                    crate::live::PROGRESS_INTERVAL
+                }
+            },
+        };
+        let ws_max_replay_events = match var("WS_MAX_REPLAY_EVENTS") {
+            None => crate::live::MAX_REPLAY_EVENTS,
+            Some(text) => match text.parse::<i64>() {
+                Ok(n) if n > 0 => n,
+                _ => {
+                    problems.push("WS_MAX_REPLAY_EVENTS must be a positive number".into());
+                    crate::live::MAX_REPLAY_EVENTS
+                }
+            },
+        };
+
         if !problems.is_empty() {
             return Err(ConfigError { problems });
         }
@@ -330,6 +359,8 @@ impl Config {
             mail_from: var("MAIL_FROM"),
             admin_rate_limit_per_minute,
             ws_auth_timeout,
+            ws_progress_interval,
+            ws_max_replay_events,
             dev_secrets_file,
         })
     }
@@ -430,6 +461,8 @@ pub const VARIABLES: &[&str] = &[
     "MAIL_FROM",
     "ADMIN_RATE_LIMIT_PER_MINUTE",
     "WS_AUTH_TIMEOUT_MS",
+    "WS_PROGRESS_INTERVAL_MS",
+    "WS_MAX_REPLAY_EVENTS",
 ];
 
 #[cfg(test)]

@@ -110,6 +110,34 @@ impl EventStore {
         Ok(newest.max(Cursor::epoch_start(epoch.unwrap_or(0))))
     }
 
+    /// How many events lie after `after` and at or before `through`, counting at most
+    /// `cap` (so that bounding a replay does not turn into a scan of the log).
+    pub async fn count_between(
+        &self,
+        after: Cursor,
+        through: Cursor,
+        cap: i64,
+    ) -> Result<i64, StoreError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM (
+                SELECT 1 FROM events
+                 WHERE (epoch, transaction_id, global_position) > ($1, $2, $3)
+                   AND (epoch, transaction_id, global_position) <= ($4, $5, $6)
+                 ORDER BY epoch, transaction_id, global_position
+                 LIMIT $7) span",
+        )
+        .bind(after.epoch())
+        .bind(after.transaction_id())
+        .bind(after.global_position())
+        .bind(through.epoch())
+        .bind(through.transaction_id())
+        .bind(through.global_position())
+        .bind(cap)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n)
+    }
+
     /// Every event of one stream in version order (for loading an aggregate).
     pub async fn read_stream(&self, stream: &StreamId) -> Result<Vec<StoredEvent>, StoreError> {
         let rows = sqlx::query_as::<_, EventRow>(
