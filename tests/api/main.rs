@@ -5,7 +5,6 @@ mod admin_auth;
 mod embedded;
 mod envelope;
 mod health;
-#[expect(dead_code, reason = "shared helpers; not every test uses every one")]
 mod helpers;
 mod leads;
 mod live;
