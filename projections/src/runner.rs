@@ -91,6 +91,11 @@ pub struct RunnerConfig {
     /// ends: the server side times out on its own (ADR 0001's 60 s), and this side must not
     /// wait for TCP to give up either.
     pub step_timeout: Duration,
+    /// The leader connection's `idle_session_timeout`: a leader frozen outside a
+    /// transaction (which the idle-in-transaction timeout does not cover) loses its session
+    /// lock, and with it the leadership, after this long. Must exceed the store's poll
+    /// interval and the takeover interval, which are the longest a healthy runner idles.
+    pub idle_session_timeout: Duration,
 }
 
 impl Default for RunnerConfig {
@@ -101,6 +106,7 @@ impl Default for RunnerConfig {
             reconnect_delay: Duration::from_secs(1),
             max_backoff: Duration::from_secs(30),
             step_timeout: Duration::from_secs(60),
+            idle_session_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -365,7 +371,7 @@ impl Runner {
     /// or the connection breaks, Postgres releases it and a standby takes over.
     async fn term(&mut self, progressed: &mut bool) -> Result<TermEnd, sqlx::Error> {
         let name = self.projection.name();
-        let options = leader_options(self.connect.clone());
+        let options = leader_options(self.connect.clone(), self.config.idle_session_timeout);
         let mut conn = self.bounded(PgConnection::connect_with(&options)).await?;
         loop {
             let locked: bool = self
@@ -521,10 +527,11 @@ impl Runner {
 
 /// The leader's connection: the store's session settings, and an idle-session timeout so
 /// that a leader frozen outside a transaction (which the idle-in-transaction timeout does
-/// not cover) still loses its session lock, and with it the leadership, within a minute.
-/// A healthy leader is never idle that long: it polls the log every 100 ms.
-fn leader_options(options: PgConnectOptions) -> PgConnectOptions {
-    eventstore::session_options(options).options([("idle_session_timeout", "60s")])
+/// not cover) still loses its session lock, and with it the leadership. A healthy leader is
+/// never idle that long: it polls the log every 100 ms.
+fn leader_options(options: PgConnectOptions, idle_session_timeout: Duration) -> PgConnectOptions {
+    let ms = idle_session_timeout.as_millis().max(1);
+    eventstore::session_options(options).options([("idle_session_timeout", format!("{ms}ms"))])
 }
 
 /// The backoff before the next term after `failures_in_a_row` interruptions in a row.

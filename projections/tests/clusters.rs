@@ -3,16 +3,17 @@
 //! far lower, and prepared transactions (which the shared test server does not allow)
 //! holding the fence. Each test starts its own private cluster (`support/cluster.rs`).
 
-mod support;
+#[path = "support/cluster.rs"]
+mod cluster;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cluster::PrivateCluster;
 use eventstore::{Cursor, EventStore, Metadata, NewEvent, StoredEvent, StreamId};
 use projections::{BoxFuture, Projection, ProjectionError, RunnerConfig};
 use serde_json::json;
 use sqlx::{PgConnection, PgPool};
-use support::cluster::PrivateCluster;
 use uuid::Uuid;
 
 /// Counts events and remembers their ids, so a repeated or missing event shows.

@@ -6,6 +6,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+#[path = "support/proxy.rs"]
+mod proxy;
+
 use eventstore::{EventStore, Metadata, NewEvent, StoredEvent, StreamId};
 use projections::{
     BoxFuture, Projection, ProjectionError, ProjectionHandle, ProjectionState, RunnerConfig,
@@ -511,4 +514,50 @@ async fn the_leader_connection_has_timeouts_keepalives_and_synchronous_commit(po
             ("tcp_user_timeout", "30000"),
         ]
     );
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_leader_cut_off_by_a_partition_gives_up_and_the_projection_goes_on(pool: PgPool) {
+    setup(&pool).await;
+    metrics_text();
+    let store = EventStore::new(pool.clone());
+    let proxy = proxy::FreezableProxy::start(pool.connect_options().get_port()).await;
+    let options = (*pool.connect_options())
+        .clone()
+        .host("127.0.0.1")
+        .port(proxy.port)
+        .application_name("projection-partitioned");
+    let config = RunnerConfig {
+        // Short deadlines so the test need not wait a minute; the mechanism is the same.
+        step_timeout: Duration::from_secs(1),
+        idle_session_timeout: Duration::from_secs(1),
+        ..config(100)
+    };
+    let runner = projections::spawn(
+        Arc::new(Tally {
+            name: "partitioned",
+            ..Tally::new("p", Duration::ZERO)
+        }),
+        store.clone(),
+        options,
+        config,
+    );
+    let first = append(&store, "p", 2, "Counted").await;
+    runner
+        .wait_for(first, Duration::from_secs(30))
+        .await
+        .unwrap();
+
+    // The leader's connection goes silent both ways, its sockets still open: neither TCP
+    // nor the leader's own code would notice for hours.
+    proxy.freeze_open_connections();
+    let after = append(&store, "p", 3, "Counted").await;
+    runner
+        .wait_for(after, Duration::from_secs(30))
+        .await
+        .expect("the leader gave up on the silent connection and a new term took over");
+    assert_eq!(tally(&pool).await, 5);
+    assert_eq!(counter("projection_failures_total", "partitioned"), 0);
+    assert!(counter("projection_retries_total", "partitioned") >= 1);
+    runner.stop().await;
 }

@@ -1,3 +1,0 @@
-//! Helpers shared by the projection crate's integration tests.
-
-pub mod cluster;
