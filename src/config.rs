@@ -64,6 +64,9 @@ pub struct Config {
     /// `CURSOR_TOO_OLD` and the panel reloads (`WS_MAX_REPLAY_EVENTS`,
     /// [`crate::live::MAX_REPLAY_EVENTS`]).
     pub ws_max_replay_events: i64,
+    /// How long a connection may take to send a request's headers, and may sit idle
+    /// between requests (`HTTP_IDLE_TIMEOUT_MS`, 30 s): silent sockets are closed.
+    pub http_idle_timeout: Duration,
     /// Where generated development credentials were written, if any were.
     pub dev_secrets_file: Option<PathBuf>,
 }
@@ -328,6 +331,16 @@ impl Config {
                 }
             },
         };
+        let http_idle_timeout = match var("HTTP_IDLE_TIMEOUT_MS") {
+            None => DEFAULT_HTTP_IDLE_TIMEOUT,
+            Some(text) => match text.parse::<u64>() {
+                Ok(ms) if ms > 0 => Duration::from_millis(ms),
+                _ => {
+                    problems.push("HTTP_IDLE_TIMEOUT_MS must be a positive number".into());
+                    DEFAULT_HTTP_IDLE_TIMEOUT
+                }
+            },
+        };
 
         if !problems.is_empty() {
             return Err(ConfigError { problems });
@@ -361,6 +374,7 @@ impl Config {
             ws_auth_timeout,
             ws_progress_interval,
             ws_max_replay_events,
+            http_idle_timeout,
             dev_secrets_file,
         })
     }
@@ -463,7 +477,12 @@ pub const VARIABLES: &[&str] = &[
     "WS_AUTH_TIMEOUT_MS",
     "WS_PROGRESS_INTERVAL_MS",
     "WS_MAX_REPLAY_EVENTS",
+    "HTTP_IDLE_TIMEOUT_MS",
 ];
+
+/// Header reading and keep-alive idleness: long enough for a slow mobile link, short enough
+/// that idle sockets do not pile up.
+pub const DEFAULT_HTTP_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[cfg(test)]
 mod tests {

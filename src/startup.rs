@@ -2,7 +2,6 @@
 //! the HTTP server, and a graceful shutdown that lets in-flight requests finish.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -142,13 +141,16 @@ pub async fn run(
     }
     let address = listener.local_addr()?;
     tracing::info!(%address, embedded = database.is_embedded(), "gateway listening");
-    let served = axum::serve(
+    let housekeeping = tokio::spawn(housekeeping(state.pool.clone()));
+    let served = crate::http::server::serve(
         listener,
-        crate::http::app(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
+        crate::http::app(state.clone()),
+        state.config.http_idle_timeout,
+        shutdown,
     )
-    .with_graceful_shutdown(shutdown)
     .await;
     tracing::info!("shutting down");
+    housekeeping.abort();
     // First the feed (it waits on the projections) and with it every admin socket.
     state.live.stop().await;
     for handle in state.projections.iter() {
@@ -157,6 +159,19 @@ pub async fn run(
     drop(state);
     database.close().await?;
     served.context("serving HTTP")
+}
+
+/// Periodic clean-up of short-lived rows: expired idempotency keys.
+async fn housekeeping(pool: PgPool) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(600));
+    loop {
+        every.tick().await;
+        match crate::idempotency::purge_expired(&pool).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(keys = n, "expired idempotency keys forgotten"),
+            Err(e) => tracing::warn!(error = %e, "purging expired idempotency keys failed"),
+        }
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -4,3 +4,4 @@
 
 pub mod admin;
 pub mod lead;
+pub mod text;

@@ -305,6 +305,7 @@ fn lead_form(c: u64) -> Value {
 /// the diagnostic that calls `LeadService::submit` directly.
 fn lead_submission(c: u64) -> Submission {
     Submission {
+        id: uuid::Uuid::new_v4(),
         personal: Personal {
             name: "Ayşe Yılmaz".into(),
             email: format!("ayse.yilmaz.{c}@example.com.tr"),
@@ -313,6 +314,8 @@ fn lead_submission(c: u64) -> Submission {
             message: Some(
                 "Merhaba, e-fatura ve e-defter entegrasyonu hakkında bilgi almak istiyorum.".into(),
             ),
+            ip: Some("203.0.113.7".into()),
+            user_agent: Some("bench".into()),
         },
         source: LeadSource::LandingPage,
         utm_source: Some("google".into()),

@@ -81,8 +81,8 @@ async fn apply_one(
                  VALUES ($1, $2, $3, $4, $5, true, $6, $7, $7, $8, $9)",
             )
             .bind(id)
-            .bind(email)
-            .bind(name)
+            .bind(crate::pg_text(&email))
+            .bind(crate::pg_text(&name))
             .bind(role.as_str())
             .bind(permission_names(&permissions))
             .bind(password_hash)
@@ -93,6 +93,7 @@ async fn apply_one(
             .await?
         }
         AdminEvent::AdminRenamed { name, at } => {
+            let name = crate::pg_text(&name).into_owned();
             update(tx, id, version, position, at, "name = $5", name).await?
         }
         AdminEvent::AdminRoleChanged {
@@ -145,7 +146,7 @@ async fn apply_one(
             .bind(version)
             .bind(position)
             .bind(at)
-            .bind(ip)
+            .bind(crate::pg_text_opt(ip.as_deref()))
             .execute(&mut *tx)
             .await?
         }

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
-use crate::{BoxFuture, Projection, ProjectionError, rfc3339};
+use crate::{BoxFuture, Projection, ProjectionError, pg_json, pg_text, pg_text_opt, rfc3339};
 
 pub const NAME: &str = "leads";
 /// What erased personal data reads as.
@@ -29,6 +29,13 @@ pub struct Personal {
     pub phone: String,
     pub company: Option<String>,
     pub message: Option<String>,
+    /// Where a landing submission came from: the submitter's address and browser are
+    /// personal data of the lead, so they are sealed with the rest and shredded with it,
+    /// never written to the event's clear metadata.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    #[serde(default, rename = "userAgent", skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
 }
 
 /// The data-key subject of a lead.
@@ -102,9 +109,10 @@ impl LeadsProjection {
                 source,
                 utm_source,
                 utm_campaign,
+                submission_id,
             } => {
                 let p: Option<Personal> = self.open(tx, lead_id, personal, event).await?;
-                let p = p.unwrap_or_else(erased_personal);
+                let p = storable(p.unwrap_or_else(erased_personal));
                 let search = search_text(&p);
                 sqlx::query(
                     "INSERT INTO leads (id, name, email, phone, company, message, source, utm_source,
@@ -119,8 +127,8 @@ impl LeadsProjection {
                 .bind(&p.company)
                 .bind(&p.message)
                 .bind(source.as_str())
-                .bind(utm_source)
-                .bind(utm_campaign)
+                .bind(pg_text_opt(utm_source.as_deref()))
+                .bind(pg_text_opt(utm_campaign.as_deref()))
                 .bind(&search)
                 .bind(p.name == ERASED)
                 .bind(at)
@@ -129,13 +137,15 @@ impl LeadsProjection {
                 .await?;
                 (
                     "created",
-                    json!({"source": source.as_str(), "utmSource": utm_source, "utmCampaign": utm_campaign}),
+                    json!({"source": source.as_str(), "utmSource": utm_source, "utmCampaign": utm_campaign,
+                           "submissionId": submission_id}),
                 )
             }
             LeadEvent::LeadResubmitted {
                 personal,
                 utm_source,
                 utm_campaign,
+                submission_id,
             } => {
                 let p: Option<Personal> = self.open(tx, lead_id, personal, event).await?;
                 let message = p
@@ -151,7 +161,8 @@ impl LeadsProjection {
                 .await?;
                 (
                     "resubmitted",
-                    json!({"message": message, "utmSource": utm_source, "utmCampaign": utm_campaign}),
+                    json!({"message": message, "utmSource": utm_source, "utmCampaign": utm_campaign,
+                           "submissionId": submission_id}),
                 )
             }
             LeadEvent::LeadStatusChanged { from, to } => {
@@ -170,7 +181,7 @@ impl LeadsProjection {
             LeadEvent::LeadAssigned { assignee } => {
                 sqlx::query("UPDATE leads SET assigned_to = $2, updated_at = $3, last_position = $4 WHERE id = $1")
                     .bind(lead_id)
-                    .bind(assignee)
+                    .bind(pg_text_opt(assignee.as_deref()))
                     .bind(at)
                     .bind(position)
                     .execute(&mut *tx)
@@ -182,7 +193,7 @@ impl LeadsProjection {
                     Some(sealed) => Some(
                         self.open::<String>(tx, lead_id, sealed, event)
                             .await?
-                            .unwrap_or_else(|| ERASED.into()),
+                            .map_or_else(|| ERASED.into(), |t| pg_text(&t).into_owned()),
                     ),
                     None => None,
                 };
@@ -252,7 +263,15 @@ impl LeadsProjection {
                 ("erased", json!({}))
             }
         };
-        history.push(lead_id, event.sequence as i64, action, at, actor, details);
+        let actor = actor.map(|a| pg_text(&a).into_owned());
+        history.push(
+            lead_id,
+            event.sequence as i64,
+            action,
+            at,
+            actor,
+            pg_json(details),
+        );
         Ok(())
     }
 
@@ -350,6 +369,19 @@ impl HistoryBatch {
     }
 }
 
+/// Personal data as the tables can hold it (see [`pg_text`]).
+fn storable(p: Personal) -> Personal {
+    let own = |s: &str| pg_text(s).into_owned();
+    Personal {
+        name: own(&p.name),
+        email: own(&p.email),
+        phone: own(&p.phone),
+        company: p.company.as_deref().map(own),
+        message: p.message.as_deref().map(own),
+        ..p
+    }
+}
+
 fn erased_personal() -> Personal {
     Personal {
         name: ERASED.into(),
@@ -357,6 +389,8 @@ fn erased_personal() -> Personal {
         phone: ERASED.into(),
         company: Some(ERASED.into()),
         message: Some(ERASED.into()),
+        ip: None,
+        user_agent: None,
     }
 }
 

@@ -25,6 +25,12 @@ pub fn check_policy(password: &str) -> Result<(), AppError> {
             format!("Şifre en az {MIN_PASSWORD_CHARS} karakter olmalı."),
         ));
     }
+    if password.chars().any(char::is_control) {
+        return Err(AppError::validation(
+            "password",
+            "Şifre kontrol karakteri içeremez.",
+        ));
+    }
     if password.len() > MAX_PASSWORD_BYTES {
         return Err(AppError::validation(
             "password",
@@ -35,14 +41,20 @@ pub fn check_policy(password: &str) -> Result<(), AppError> {
 }
 
 /// bcrypt-hashes `password` on the blocking pool (it takes long enough to stall a runtime
-/// thread).
+/// thread). bcrypt keys on at most 72 bytes; the crate's non-truncating variant counts a
+/// terminator and so refuses exactly 72, which the policy allows — we refuse longer
+/// passwords ourselves and hash the rest whole.
 pub async fn hash(password: SecretString) -> Result<String, AppError> {
-    tokio::task::spawn_blocking(move || {
-        bcrypt::non_truncating_hash(password.expose_secret(), BCRYPT_COST)
-    })
-    .await
-    .map_err(AppError::internal)?
-    .map_err(AppError::internal)
+    if password.expose_secret().len() > MAX_PASSWORD_BYTES {
+        return Err(AppError::validation(
+            "password",
+            format!("Şifre en fazla {MAX_PASSWORD_BYTES} bayt olabilir."),
+        ));
+    }
+    tokio::task::spawn_blocking(move || bcrypt::hash(password.expose_secret(), BCRYPT_COST))
+        .await
+        .map_err(AppError::internal)?
+        .map_err(AppError::internal)
 }
 
 /// Whether `password` matches `hash`. With no hash (unknown e-mail) the same work is done
@@ -51,15 +63,18 @@ pub async fn verify(password: SecretString, hash: Option<String>) -> Result<bool
     tokio::task::spawn_blocking(move || {
         let known = hash.is_some();
         let hash = hash.as_deref().unwrap_or(DUMMY_HASH);
-        // A password over 72 bytes cannot match (we never hash one); an unreadable stored
-        // hash counts as a mismatch rather than an error the client could tell apart.
-        let matched =
-            bcrypt::non_truncating_verify(password.expose_secret(), hash).unwrap_or_else(|e| {
-                if known && !matches!(e, bcrypt::BcryptError::Truncation(_)) {
-                    tracing::error!(error = %e, "stored admin password hash is unreadable");
-                }
-                false
-            });
+        // A password over 72 bytes cannot match (we never hash one, and bcrypt would compare
+        // only its first 72); an unreadable stored hash counts as a mismatch rather than an
+        // error the client could tell apart.
+        let secret = password.expose_secret();
+        let too_long = secret.len() > MAX_PASSWORD_BYTES;
+        let candidate = if too_long { "" } else { secret };
+        let matched = bcrypt::verify(candidate, hash).unwrap_or_else(|e| {
+            if known {
+                tracing::error!(error = %e, "stored admin password hash is unreadable");
+            }
+            false
+        }) && !too_long;
         known && matched
     })
     .await
@@ -81,6 +96,30 @@ mod tests {
         assert_eq!(check_policy("kısa").unwrap_err().code(), "VALIDATION_ERROR");
         assert!(check_policy("yeterince-uzun").is_ok());
         assert!(check_policy(&"ş".repeat(37)).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_password_of_exactly_72_bytes_is_hashed_whole() {
+        let longest = "a".repeat(71) + "b";
+        assert!(check_policy(&longest).is_ok());
+        let hash = hash(SecretString::from(longest.clone())).await.unwrap();
+        assert!(
+            verify(SecretString::from(longest.clone()), Some(hash.clone()))
+                .await
+                .unwrap()
+        );
+        let last_differs = "a".repeat(72);
+        assert!(
+            !verify(SecretString::from(last_differs), Some(hash.clone()))
+                .await
+                .unwrap()
+        );
+        let longer = longest + "c";
+        assert!(
+            !verify(SecretString::from(longer), Some(hash))
+                .await
+                .unwrap()
+        );
     }
 
     #[tokio::test]

@@ -6,13 +6,14 @@
 //! event store's per-stream version check keeps e-mails unique across concurrent requests
 //! and instances; no read-model lookup has to be trusted for that.
 //!
-//! Beyond the permission check, two rules keep `users` from being a way up: only a super
-//! admin may grant the `super_admin` role or change a super admin, and nobody may grant a
-//! permission they do not hold themselves.
+//! Beyond the permission check, three rules keep `users` from being a way up: only a super
+//! admin may grant the `super_admin` role or change a super admin, nobody may grant a
+//! permission they do not hold themselves, and nobody may change (rename, re-role, strip,
+//! deactivate, reset the password of) an admin who holds a permission they lack.
 
 use aggregates::admin::{
-    AdminCommand, AdminError, AdminUpdate, AdminUser, NAME_LENGTH, Permission, Role,
-    effective_permissions, is_valid_email, normalize_email,
+    AdminCommand, AdminError, AdminUpdate, AdminUser, Permission, Role, effective_permissions,
+    is_valid_email, is_valid_name, normalize_email,
 };
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -260,7 +261,7 @@ async fn create_user(
     if !is_valid_email(&email) {
         return Err(errors::from_domain(AdminError::InvalidEmail));
     }
-    if !NAME_LENGTH.contains(&body.name.trim().chars().count()) {
+    if !is_valid_name(&body.name) {
         return Err(errors::from_domain(AdminError::InvalidName));
     }
     let role = parse_role(&body.role)?;
@@ -315,7 +316,7 @@ async fn update_user(
     principal.require(Permission::Users, true)?;
     let target = find(&state.pool, &id).await?;
     if let Some(name) = &body.name
-        && !NAME_LENGTH.contains(&name.trim().chars().count())
+        && !is_valid_name(name)
     {
         return Err(errors::from_domain(AdminError::InvalidName));
     }
@@ -328,9 +329,7 @@ async fn update_user(
     if let Some(password) = &body.password {
         password::check_policy(password.expose_secret())?;
     }
-    if target.role == Role::SuperAdmin && principal.role != Role::SuperAdmin {
-        return Err(errors::forbidden());
-    }
+    may_manage(&principal, &target)?;
     if role.is_some() || permissions.is_some() {
         may_grant(
             &principal,
@@ -426,6 +425,21 @@ fn parse_permissions(values: &[String]) -> AppResult<Vec<Permission>> {
                 "Geçersiz yetki. Geçerli yetkiler: leads, licenses, users, analytics, settings, audit.",
             )
         })
+}
+
+/// 403 unless `actor` holds at least everything `target` holds: changing an admin's name,
+/// role, permissions, activity or password is a way into their rights (a reset password
+/// logs in as them), so nobody may do it to an admin above them. A super admin may manage
+/// everyone; an admin may manage only admins and viewers whose permissions they all hold.
+fn may_manage(actor: &AdminPrincipal, target: &AdminRow) -> AppResult<()> {
+    if actor.role == Role::SuperAdmin {
+        return Ok(());
+    }
+    let held = effective_permissions(target.role, &target.permissions);
+    if target.role == Role::SuperAdmin || held.iter().any(|p| !actor.permissions.contains(p)) {
+        return Err(errors::forbidden());
+    }
+    Ok(())
 }
 
 /// 403 unless `actor` may hand out `role` with `permissions`.

@@ -36,6 +36,19 @@ impl RequestContext {
     }
 }
 
+impl RequestContext {
+    /// Event metadata without the client's address and browser: for commands whose client
+    /// is a member of the public (the landing form), whose IP is personal data that must be
+    /// sealed with their other data, not kept in clear forever.
+    pub fn anonymous_metadata(&self, actor: impl Into<String>) -> Metadata {
+        Metadata {
+            ip: None,
+            user_agent: None,
+            ..self.metadata(actor)
+        }
+    }
+}
+
 impl FromRequestParts<AppState> for RequestContext {
     type Rejection = std::convert::Infallible;
 

@@ -1,15 +1,18 @@
-//! Extractors that reject with our envelope instead of axum's plain-text rejections.
+//! Extractors that reject with our envelope instead of axum's plain-text rejections, and in
+//! the product's words instead of the parser's.
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 use crate::error::AppError;
 
 /// `Json<T>` whose failures are [`AppError`]s: 415 for a missing JSON content type,
 /// 400 `INVALID_JSON` for bad syntax, 422 `VALIDATION_ERROR` naming the field for a body
-/// that parses but does not fit, 413 for a body over the limit.
+/// that parses but does not fit — or that carries U+0000 anywhere, which no text column,
+/// jsonb value or event can hold — and 413 for a body over the limit.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AppJson<T>(pub T);
 
@@ -21,40 +24,163 @@ where
     type Rejection = AppError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(value)) => Ok(AppJson(value)),
-            Err(rejection) => Err(json_rejection(rejection)),
+        let axum::Json(value) = axum::Json::<Value>::from_request(req, state)
+            .await
+            .map_err(json_rejection)?;
+        if let Some(field) = nul_path(&value, String::new()) {
+            return Err(nul_in(&field));
         }
+        serde_path_to_error::deserialize(value)
+            .map(AppJson)
+            .map_err(|e| {
+                let path = e.path().to_string();
+                data_error(&path, &e.into_inner().to_string())
+            })
+    }
+}
+
+/// 422 for a value holding U+0000.
+pub fn nul_in(field: &str) -> AppError {
+    AppError::validation(
+        field,
+        format!(
+            "{} izin verilmeyen bir karakter (U+0000) içeriyor.",
+            label(field)
+        ),
+    )
+}
+
+/// The path of the first string (or key) in `value` that holds U+0000.
+pub fn nul_path(value: &Value, at: String) -> Option<String> {
+    let join = |key: &str| {
+        if at.is_empty() {
+            key.to_string()
+        } else {
+            format!("{at}.{key}")
+        }
+    };
+    match value {
+        Value::String(s) if s.contains('\0') => Some(at),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| nul_path(v, format!("{at}[{i}]"))),
+        Value::Object(map) => map.iter().find_map(|(k, v)| {
+            if k.contains('\0') {
+                Some(join(&k.replace('\0', "")))
+            } else {
+                nul_path(v, join(k))
+            }
+        }),
+        _ => None,
     }
 }
 
 fn json_rejection(rejection: JsonRejection) -> AppError {
     match rejection {
         JsonRejection::MissingJsonContentType(_) => AppError::unsupported_media_type(),
-        JsonRejection::JsonDataError(e) => {
-            // serde_path_to_error's text: "<path>: <reason>"; the path names the field.
-            let text = e.body_text();
-            let detail = text.split_once(": ").map(|(_, rest)| rest).unwrap_or(&text);
-            let (field, reason) = match detail.split_once(": ") {
-                Some((path, reason)) if !path.contains(' ') => {
-                    (path.to_string(), reason.to_string())
-                }
-                _ => (
-                    missing_field(detail).unwrap_or_default(),
-                    detail.to_string(),
-                ),
-            };
-            AppError::validation(&field, format!("Geçersiz alan: {reason}"))
-        }
+        JsonRejection::JsonDataError(e) => data_error("", &e.body_text()),
         JsonRejection::JsonSyntaxError(e) => AppError::invalid_json(e.body_text()),
         other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => AppError::payload_too_large(),
         other => AppError::invalid_json(other.body_text()),
     }
 }
 
-/// serde reports a missing field as "missing field `name` at line …".
-fn missing_field(detail: &str) -> Option<String> {
-    let start = detail.find("missing field `")? + "missing field `".len();
-    let end = detail[start..].find('`')?;
-    Some(detail[start..start + end].to_string())
+/// `field` as a message names it (the whole body when empty).
+fn label(field: &str) -> String {
+    if field.is_empty() || field == "." {
+        "İstek gövdesi".to_string()
+    } else {
+        format!("'{field}' alanı")
+    }
+}
+
+/// A body that parsed but does not fit `T`, said in the product's words. `path` is where
+/// serde stopped; `reason` is serde's text, read for its kind and never passed on.
+fn data_error(path: &str, reason: &str) -> AppError {
+    let path = if path == "." { "" } else { path };
+    let backticked = |prefix: &str| {
+        let start = reason.find(prefix)? + prefix.len();
+        let end = reason[start..].find('`')?;
+        Some(reason[start..start + end].to_string())
+    };
+    let child = |name: String| {
+        if path.is_empty() {
+            name
+        } else {
+            format!("{path}.{name}")
+        }
+    };
+    if let Some(name) = backticked("missing field `") {
+        let field = child(name);
+        return AppError::validation(&field, format!("{} zorunludur.", label(&field)));
+    }
+    if let Some(name) = backticked("unknown field `") {
+        let field = child(name);
+        return AppError::validation(&field, format!("{} tanınmıyor.", label(&field)));
+    }
+    let message = if reason.starts_with("invalid type") {
+        let expected = [
+            ("expected a string", "metin"),
+            ("expected a boolean", "true ya da false"),
+            ("expected a sequence", "liste"),
+            ("expected a map", "nesne"),
+            ("expected struct", "nesne"),
+            ("expected i", "tam sayı"),
+            ("expected u", "tam sayı"),
+            ("expected f", "sayı"),
+        ]
+        .iter()
+        .find(|(needle, _)| reason.contains(needle))
+        .map(|(_, kind)| *kind);
+        match expected {
+            Some(kind) => format!("{} {kind} olmalı.", label(path)),
+            None => format!("{} türü geçersiz.", label(path)),
+        }
+    } else if reason.starts_with("unknown variant") || reason.starts_with("invalid value") {
+        format!("{} değeri geçersiz.", label(path))
+    } else if reason.starts_with("invalid length") {
+        format!("{} uzunluğu geçersiz.", label(path))
+    } else {
+        format!("{} geçersiz.", label(path))
+    };
+    AppError::validation(path, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_nul_is_found_in_nested_strings_and_keys() {
+        assert_eq!(
+            nul_path(&json!({"a": "ok", "b": "x\u{0}"}), String::new()),
+            Some("b".into())
+        );
+        assert_eq!(
+            nul_path(&json!({"a": {"list": ["ok", "n\u{0}"]}}), String::new()),
+            Some("a.list[1]".into())
+        );
+        assert_eq!(
+            nul_path(&json!({"k\u{0}": 1}), String::new()),
+            Some("k".into())
+        );
+        assert_eq!(nul_path(&json!({"a": "fine"}), String::new()), None);
+    }
+
+    #[test]
+    fn serde_texts_become_product_words_without_parser_detail() {
+        let e = data_error(
+            "name",
+            "invalid type: null, expected a string at line 1 column 21",
+        );
+        let text = format!("{e}");
+        assert!(text.contains("'name' alanı metin olmalı"), "{text}");
+        assert!(!text.contains("line 1"), "{text}");
+        assert!(
+            format!("{}", data_error(".", "missing field `email`"))
+                .contains("'email' alanı zorunludur")
+        );
+    }
 }

@@ -5,7 +5,9 @@ pub mod client_ip;
 pub mod context;
 mod cors;
 pub mod extract;
+pub mod guard;
 mod health;
+pub mod server;
 
 use std::time::Duration;
 
@@ -58,10 +60,13 @@ pub fn finish(routes: Router<AppState>, state: AppState) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             Duration::from_secs(30),
         ))
+        .layer(middleware::from_fn(guard::refuse_nul_in_query))
+        .layer(middleware::from_fn(guard::limit_headers))
         .layer(middleware::from_fn(crate::metrics::track_http))
         .layer(middleware::from_fn(envelope_bare_errors))
         // Before routing, so preflights are answered for any route of the group.
         .layer(cors)
+        .layer(middleware::from_fn(guard::security_headers))
         .layer(
             TraceLayer::new_for_http().make_span_with(|request: &Request<Body>| {
                 let request_id = request
@@ -79,6 +84,7 @@ pub fn finish(routes: Router<AppState>, state: AppState) -> Router {
         )
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(middleware::from_fn(guard::sanitise_request_id))
 }
 
 async fn not_found() -> AppError {

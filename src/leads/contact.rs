@@ -7,7 +7,10 @@ use crate::error::AppError;
 pub fn normalise_email(raw: &str) -> Result<String, AppError> {
     let email = raw.trim().to_lowercase();
     let invalid = || AppError::validation("email", "Geçersiz email formatı");
-    if email.len() > 254 || email.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if email.len() > 254
+        || email.chars().any(char::is_whitespace)
+        || aggregates::text::check_single_line(&email).is_err()
+    {
         return Err(invalid());
     }
     let (local, domain) = email.split_once('@').ok_or_else(invalid)?;
@@ -73,9 +76,36 @@ pub fn normalise_phone(raw: &str) -> Result<String, AppError> {
     }
 }
 
-/// Trimmed text of `min..=max` characters.
+/// Trimmed single-line text of `min..=max` characters (names, companies, campaign tags).
 pub fn text(field: &str, raw: &str, min: usize, max: usize) -> Result<String, AppError> {
-    let value = raw.trim().to_string();
+    checked(field, raw.trim().to_string(), min, max, false)
+}
+
+/// Trimmed multi-line text of `min..=max` characters (messages, notes): tab and newline are
+/// allowed, CR LF becomes LF.
+pub fn multiline(field: &str, raw: &str, min: usize, max: usize) -> Result<String, AppError> {
+    let value = aggregates::text::normalise_newlines(raw.trim());
+    checked(field, value, min, max, true)
+}
+
+fn checked(
+    field: &str,
+    value: String,
+    min: usize,
+    max: usize,
+    multi_line: bool,
+) -> Result<String, AppError> {
+    let check = if multi_line {
+        aggregates::text::check_multi_line(&value)
+    } else {
+        aggregates::text::check_single_line(&value)
+    };
+    if let Err(aggregates::text::TextProblem::ForbiddenCharacter(code)) = check {
+        return Err(AppError::validation(
+            field,
+            format!("{field} izin verilmeyen bir karakter içeriyor (U+{code:04X})"),
+        ));
+    }
     let len = value.chars().count();
     if len < min {
         return Err(AppError::validation(
@@ -101,6 +131,18 @@ pub fn optional_text(
     match raw.map(str::trim).filter(|s| !s.is_empty()) {
         None => Ok(None),
         Some(value) => text(field, value, 0, max).map(Some),
+    }
+}
+
+/// Like [`multiline`], but empty or missing is `None`.
+pub fn optional_multiline(
+    field: &str,
+    raw: Option<&str>,
+    max: usize,
+) -> Result<Option<String>, AppError> {
+    match raw.map(str::trim).filter(|s| !s.is_empty()) {
+        None => Ok(None),
+        Some(value) => multiline(field, value, 0, max).map(Some),
     }
 }
 
@@ -173,5 +215,17 @@ mod tests {
         assert_eq!(text("name", " Şü ", 2, 100).unwrap(), "Şü");
         assert!(text("name", &"ş".repeat(101), 2, 100).is_err());
         assert_eq!(optional_text("company", Some("  "), 10).unwrap(), None);
+    }
+
+    #[test]
+    fn control_characters_are_refused_with_the_field_named() {
+        let e = text("name", "Nul\u{0}Name", 2, 100).unwrap_err();
+        assert_eq!((e.code(), e.status().as_u16()), ("VALIDATION_ERROR", 422));
+        assert!(text("company", "a\nb", 0, 200).is_err());
+        assert!(multiline("message", "a\u{0}b", 0, 5000).is_err());
+        assert_eq!(
+            multiline("message", "a\r\nb\tc", 0, 5000).unwrap(),
+            "a\nb\tc"
+        );
     }
 }

@@ -1,4 +1,9 @@
-//! CSV export of leads, safe to open in a spreadsheet.
+//! CSV export of leads, safe to open in a spreadsheet — also the Turkish Excel that most
+//! accounting offices use: the document starts with a UTF-8 byte-order mark (without it
+//! Excel reads `Çağlar` as `Ã‡aÄŸlar`), and `?delimiter=semicolon` gives the `;`-separated
+//! variant that a Turkish-locale Excel splits into columns on double-click. In either
+//! variant a cell holding `,` or `;` is quoted, so no locale splits it into a new cell that
+//! could start a formula.
 
 use projections::leads::LeadRow;
 
@@ -19,10 +24,35 @@ const HEADER: [&str; 14] = [
     "updatedAt",
 ];
 
-/// One CSV document (RFC 4180, CRLF) with a header row.
-pub fn render(rows: &[LeadRow]) -> String {
-    let mut out = String::new();
-    push_row(&mut out, HEADER.iter().map(|h| h.to_string()));
+/// What separates cells.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delimiter {
+    Comma,
+    Semicolon,
+}
+
+impl Delimiter {
+    /// `comma` (`,`, the default) or `semicolon` (`;`).
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "comma" | "," => Some(Self::Comma),
+            "semicolon" | ";" => Some(Self::Semicolon),
+            _ => None,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Comma => ",",
+            Self::Semicolon => ";",
+        }
+    }
+}
+
+/// One CSV document (RFC 4180, CRLF, UTF-8 with a byte-order mark) with a header row.
+pub fn render(rows: &[LeadRow], delimiter: Delimiter) -> String {
+    let mut out = String::from("\u{FEFF}");
+    push_row(&mut out, HEADER.iter().map(|h| h.to_string()), delimiter);
     for r in rows {
         push_row(
             &mut out,
@@ -43,14 +73,15 @@ pub fn render(rows: &[LeadRow]) -> String {
                 crate::time::rfc3339(r.updated_at),
             ]
             .into_iter(),
+            delimiter,
         );
     }
     out
 }
 
-fn push_row(out: &mut String, cells: impl Iterator<Item = String>) {
+fn push_row(out: &mut String, cells: impl Iterator<Item = String>, delimiter: Delimiter) {
     let cells: Vec<String> = cells.map(|c| quote(&neutralise(&c))).collect();
-    out.push_str(&cells.join(","));
+    out.push_str(&cells.join(delimiter.as_str()));
     out.push_str("\r\n");
 }
 
@@ -65,7 +96,7 @@ fn neutralise(cell: &str) -> String {
 }
 
 fn quote(cell: &str) -> String {
-    if cell.contains([',', '"', '\n', '\r']) {
+    if cell.contains([',', ';', '"', '\n', '\r']) {
         format!("\"{}\"", cell.replace('"', "\"\""))
     } else {
         cell.to_string()
@@ -83,6 +114,7 @@ mod tests {
         assert_eq!(neutralise("-2+3"), "'-2+3");
         assert_eq!(neutralise("Kaya SMMM"), "Kaya SMMM");
         assert_eq!(quote("a,b"), "\"a,b\"");
+        assert_eq!(quote("a;=1+1"), "\"a;=1+1\"");
         assert_eq!(quote("say \"hi\""), "\"say \"\"hi\"\"\"");
     }
 }

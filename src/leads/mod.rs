@@ -31,6 +31,8 @@ const CREATOR_GRACE: Duration = Duration::from_secs(10);
 /// A landing submission after validation.
 #[derive(Clone, Debug)]
 pub struct Submission {
+    /// The id the submitter is answered with; it names this submission, never the lead.
+    pub id: Uuid,
     pub personal: Personal,
     pub source: LeadSource,
     pub utm_source: Option<String>,
@@ -41,6 +43,7 @@ pub struct Submission {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Submitted {
     pub lead_id: Uuid,
+    pub submission_id: Uuid,
     /// false: it landed on an existing open lead as a resubmission.
     pub created: bool,
     pub cursor: Option<Cursor>,
@@ -117,6 +120,7 @@ impl LeadService {
                     personal,
                     utm_source: submission.utm_source.clone(),
                     utm_campaign: submission.utm_campaign.clone(),
+                    submission_id: Some(submission.id),
                 };
                 match self
                     .handler
@@ -126,6 +130,7 @@ impl LeadService {
                     Ok(outcome) => {
                         return Ok(Submitted {
                             lead_id: existing,
+                            submission_id: submission.id,
                             created: false,
                             cursor: outcome.cursor(),
                         });
@@ -147,6 +152,7 @@ impl LeadService {
         metadata: &Metadata,
     ) -> Result<Submitted, AppError> {
         // The id was minted a moment ago: no key to look up, no stream to load.
+        let submission_id = submission.id;
         let result = async {
             let sealed = self
                 .sealer
@@ -158,6 +164,7 @@ impl LeadService {
                 source: submission.source,
                 utm_source: submission.utm_source,
                 utm_campaign: submission.utm_campaign,
+                submission_id: Some(submission.id),
             };
             self.handler
                 .execute_new(&lead_id.to_string(), command, metadata)
@@ -168,6 +175,7 @@ impl LeadService {
         match result {
             Ok(outcome) => Ok(Submitted {
                 lead_id,
+                submission_id,
                 created: true,
                 cursor: outcome.cursor(),
             }),

@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use projections::leads::{self as read, LeadFilter, Personal, SortBy};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
@@ -73,7 +73,7 @@ fn validate(form: &Value) -> AppResult<Submission> {
     let email = contact::normalise_email(&required("email")?)?;
     let phone = contact::normalise_phone(&required("phone")?)?;
     let company = contact::optional_text("company", field(&["company"])?.as_deref(), 200)?;
-    let message = contact::optional_text("message", field(&["message"])?.as_deref(), 5000)?;
+    let message = contact::optional_multiline("message", field(&["message"])?.as_deref(), 5000)?;
     let source = match field(&["source"])?.as_deref() {
         None | Some("") => LeadSource::LandingPage,
         Some(s) => LeadSource::parse(s)
@@ -90,12 +90,16 @@ fn validate(form: &Value) -> AppResult<Submission> {
         200,
     )?;
     Ok(Submission {
+        // Random, not time-ordered: the answer tells the submitter nothing but that it landed.
+        id: Uuid::new_v4(),
         personal: Personal {
             name,
             email,
             phone,
             company,
             message,
+            ip: None,
+            user_agent: None,
         },
         source,
         utm_source,
@@ -139,13 +143,16 @@ async fn create_lead(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     if let Some(key) = &idempotency {
-        if key.is_empty() || key.len() > 200 {
+        if key.is_empty() || key.len() > 200 || !key.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(AppError::validation(
                 "Idempotency-Key",
-                "Idempotency-Key 1–200 karakter olmalı",
+                "Idempotency-Key 1–200 görünür ASCII karakter olmalı",
             ));
         }
-        if let Some(replay) = crate::idempotency::begin(&state.pool, "landing", key, &body).await? {
+        let sealer = state.leads.sealer();
+        if let Some(replay) =
+            crate::idempotency::begin(&state.pool, sealer, "landing", key, &body).await?
+        {
             return Ok(replay);
         }
     }
@@ -172,16 +179,18 @@ async fn submit(
     }
     let form: Value =
         serde_json::from_slice(body).map_err(|e| AppError::invalid_json(e.to_string()))?;
-    let submission = validate(&form)?;
+    let mut submission = validate(&form)?;
+    submission.personal.ip = Some(context.ip.to_string());
+    submission.personal.user_agent = context.user_agent.clone();
     let submitted = state
         .leads
-        .submit(submission, &context.metadata("landing"))
+        .submit(submission, &context.anonymous_metadata("landing"))
         .await?;
-    // A resubmission answers exactly like a new lead: the form must not reveal whether an
-    // e-mail or phone is already known.
+    // Every submission answers the same way, with its own id: the form must not reveal
+    // whether an e-mail or phone is already known, nor anything about that lead.
     Ok((
         StatusCode::CREATED,
-        json!({"success": true, "data": {"id": submitted.lead_id, "message": SUCCESS_MESSAGE}}),
+        json!({"success": true, "data": {"id": submitted.submission_id, "message": SUCCESS_MESSAGE}}),
     ))
 }
 
@@ -189,17 +198,26 @@ async fn submit(
 // Admin.
 
 fn parse_time(field: &str, text: &str) -> AppResult<DateTime<Utc>> {
-    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
-        return Ok(t.with_timezone(&Utc));
+    let invalid = || {
+        AppError::validation(
+            field,
+            format!("{field} bir tarih olmalı (RFC 3339 veya YYYY-MM-DD, 1970–9999 yılları)"),
+        )
+    };
+    let parsed = match DateTime::parse_from_rfc3339(text) {
+        Ok(t) => t.with_timezone(&Utc),
+        Err(_) => NaiveDate::parse_from_str(text, "%Y-%m-%d")
+            .ok()
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+            .ok_or_else(invalid)?
+            .and_utc(),
+    };
+    // Postgres and JavaScript both reach far, but not as far as chrono: keep to a range
+    // every reader of the value can hold.
+    if !(1970..=9999).contains(&parsed.year()) {
+        return Err(invalid());
     }
-    NaiveDate::parse_from_str(text, "%Y-%m-%d")
-        .map(|d| d.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc())
-        .map_err(|_| {
-            AppError::validation(
-                field,
-                format!("{field} bir tarih olmalı (RFC 3339 veya YYYY-MM-DD)"),
-            )
-        })
+    Ok(parsed)
 }
 
 fn filter_from(q: &HashMap<String, String>) -> AppResult<LeadFilter> {
@@ -293,8 +311,14 @@ async fn export_leads(
     Query(q): Query<HashMap<String, String>>,
 ) -> AppResult<Response> {
     admin.require(Permission::Leads, false)?;
+    let delimiter = match q.get("delimiter") {
+        None => super::csv::Delimiter::Comma,
+        Some(text) => super::csv::Delimiter::parse(text).ok_or_else(|| {
+            AppError::validation("delimiter", "delimiter comma veya semicolon olmalı")
+        })?,
+    };
     let rows = read::all(&state.pool, &filter_from(&q)?).await?;
-    let body = super::csv::render(&rows);
+    let body = super::csv::render(&rows, delimiter);
     let mut response = body.into_response();
     let headers = response.headers_mut();
     headers.insert(
@@ -391,7 +415,7 @@ async fn patch_lead(
     // Empty notes clear them, like `null`.
     let notes = match patch.notes {
         Some(Some(text)) => {
-            let text = contact::text("notes", &text, 0, 10_000)?;
+            let text = contact::multiline("notes", &text, 0, 10_000)?;
             Some((!text.is_empty()).then_some(text))
         }
         other => other,
@@ -433,7 +457,7 @@ async fn add_activity(
     let kind = ActivityKind::parse(&form.kind).ok_or_else(|| {
         AppError::validation("type", "type CALL, MEETING, EMAIL veya COMMENT olmalı")
     })?;
-    let note = contact::text("note", &form.note, 1, 5000)?;
+    let note = contact::multiline("note", &form.note, 1, 5000)?;
     let at = form
         .at
         .as_deref()

@@ -179,3 +179,18 @@ pub async fn create_admin(
     assert_eq!(response.status(), 201, "creating {email}");
     login_as(app, email, password).await.0
 }
+
+/// The lead a landing submission landed on. The public answer names the submission only
+/// (it must not reveal the lead); the event that recorded it carries the submission id.
+pub async fn lead_of_submission(pool: &PgPool, submission_id: &str) -> String {
+    sqlx::query_scalar(
+        "SELECT aggregate_id FROM events
+          WHERE aggregate_type = 'lead'
+            AND coalesce(payload->'LeadCreated'->>'submission_id',
+                         payload->'LeadResubmitted'->>'submission_id') = $1",
+    )
+    .bind(submission_id)
+    .fetch_one(pool)
+    .await
+    .expect("a submission answered 201 is in the log")
+}

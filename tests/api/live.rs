@@ -21,7 +21,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 use uuid::Uuid;
 
-use crate::helpers::{JWT_SECRET, LANDING_KEY, TestApp, create_admin, login, test_config};
+use crate::helpers::{
+    JWT_SECRET, LANDING_KEY, TestApp, create_admin, lead_of_submission, login, test_config,
+};
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -121,7 +123,7 @@ fn seed_lead(n: usize) -> Value {
     })
 }
 
-/// `POST /v1/leads` as the landing page; the new lead's id.
+/// `POST /v1/leads` as the landing page; the id of the lead it landed on.
 async fn post_lead(app: &TestApp, body: &Value) -> String {
     let response = app
         .client
@@ -133,7 +135,7 @@ async fn post_lead(app: &TestApp, body: &Value) -> String {
         .unwrap();
     assert_eq!(response.status(), StatusCode::CREATED);
     let body: Value = response.json().await.unwrap();
-    body["data"]["id"].as_str().unwrap().to_string()
+    lead_of_submission(&app.pool, body["data"]["id"].as_str().unwrap()).await
 }
 
 async fn admin_json(
@@ -443,6 +445,8 @@ async fn append_leads(pool: PgPool, n: usize, utm_source: String) -> HashSet<Str
                     phone: format!("+90532{i:07}"),
                     company: None,
                     message: None,
+                    ip: None,
+                    user_agent: None,
                 };
                 let sealed = sealer.seal_json(&subject(id), &personal).await.unwrap();
                 let command = LeadCommand::Create {
@@ -450,6 +454,7 @@ async fn append_leads(pool: PgPool, n: usize, utm_source: String) -> HashSet<Str
                     source: LeadSource::LandingPage,
                     utm_source: Some(utm_source.clone()),
                     utm_campaign: None,
+                    submission_id: None,
                 };
                 handler
                     .execute(&id.to_string(), command, &Metadata::actor("landing"))

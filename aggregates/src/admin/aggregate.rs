@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{
-    AdminCommand, AdminError, AdminEvent, AdminUpdate, NAME_LENGTH, Permission, Role,
-    effective_permissions, is_valid_email, normalize_email,
+    AdminCommand, AdminError, AdminEvent, AdminUpdate, Permission, Role, effective_permissions,
+    is_valid_email, normalize_email,
 };
 
 /// One admin user. `Default` is "not created yet".
@@ -256,7 +256,7 @@ impl AdminUser {
 
 fn valid_name(name: &str) -> Result<String, AdminError> {
     let name = name.trim();
-    if NAME_LENGTH.contains(&name.chars().count()) {
+    if super::is_valid_name(name) {
         Ok(name.to_string())
     } else {
         Err(AdminError::InvalidName)

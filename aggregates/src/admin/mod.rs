@@ -159,20 +159,42 @@ pub fn normalize_email(email: &str) -> String {
     email.trim().to_lowercase()
 }
 
-/// A deliberately small syntax check: one `@`, something on both sides, no spaces, at most
-/// 254 characters. `admin@localhost` (the development default) passes. Deliverability is
-/// not our business here.
+/// A deliberately small syntax check on the normalised form: one `@`, something on both
+/// sides, at most 254 characters, and ASCII only — letters, digits and `.!#$%&'*+/=?^_`{|}~-`
+/// in the local part, dotted labels of letters, digits and `-` in the domain (an
+/// internationalised domain in its `xn--` form). Admin e-mails name who acts in lists,
+/// assignments and the audit log, so a look-alike (a Cyrillic `а`, fullwidth letters, a
+/// zero-width space) must not pass for a real one. `admin@localhost` (the development
+/// default) passes. Deliverability is not our business here.
 pub fn is_valid_email(email: &str) -> bool {
     let Some((local, domain)) = email.split_once('@') else {
         return false;
     };
-    !local.is_empty()
-        && !domain.is_empty()
-        && !domain.contains('@')
-        && email.chars().count() <= 254
-        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
-        && !domain.starts_with('.')
-        && !domain.ends_with('.')
+    let local_ok = !local.is_empty()
+        && local.len() <= 64
+        && local.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b"._%+-!#$&'*/=?^`{|}~".contains(&b)
+        })
+        && !local.starts_with('.')
+        && !local.ends_with('.')
+        && !local.contains("..");
+    let domain_ok = domain.split('.').all(|label| {
+        !label.is_empty()
+            && label.len() <= 63
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    });
+    local_ok && domain_ok && email.len() <= 254
+}
+
+/// A display name: 2 to 100 characters after trimming, single-line text
+/// ([`crate::text::check_single_line`]).
+pub fn is_valid_name(name: &str) -> bool {
+    NAME_LENGTH.contains(&name.trim().chars().count())
+        && crate::text::check_single_line(name).is_ok()
 }
 
 /// Display names: 2 to 100 characters after trimming.
@@ -220,5 +242,27 @@ mod tests {
         for bad in ["", "no-at", "@x.com", "a@", "a b@x.com", "a@b@c", "a@.com"] {
             assert!(!is_valid_email(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn look_alike_and_invisible_characters_are_not_admin_emails() {
+        for bad in [
+            "\u{430}dmin@example.com",   // Cyrillic а
+            "ａdmin@example.com",        // fullwidth a
+            "ad\u{200B}min@example.com", // zero-width space
+            "admin@exa\u{0}mple.com",
+            "admin@ex\u{0435}mple.com",
+        ] {
+            assert!(!is_valid_email(bad), "{bad:?}");
+        }
+        assert!(is_valid_email("ops@xn--mnchen-3ya.de"));
+    }
+
+    #[test]
+    fn names_are_single_line_text_of_two_to_a_hundred_characters() {
+        assert!(is_valid_name("Ayşe Yılmaz"));
+        assert!(!is_valid_name("A"));
+        assert!(!is_valid_name("Nul\u{0}Name"));
+        assert!(!is_valid_name("two\nlines"));
     }
 }

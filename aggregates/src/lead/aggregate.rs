@@ -46,6 +46,7 @@ impl Lead {
             source,
             utm_source,
             utm_campaign,
+            submission_id,
         } = command
         {
             if self.created {
@@ -56,6 +57,7 @@ impl Lead {
                 source,
                 utm_source,
                 utm_campaign,
+                submission_id,
             }]);
         }
         if matches!(command, C::Erase) && self.erased {
@@ -68,6 +70,7 @@ impl Lead {
                 personal,
                 utm_source,
                 utm_campaign,
+                submission_id,
             } => {
                 if !self.status.is_open() {
                     return Err(LeadError::Closed(self.status));
@@ -76,6 +79,7 @@ impl Lead {
                     personal,
                     utm_source,
                     utm_campaign,
+                    submission_id,
                 }]
             }
             C::ChangeStatus { status } => {
@@ -209,6 +213,7 @@ mod tests {
             source: LeadSource::LandingPage,
             utm_source: Some("google".into()),
             utm_campaign: None,
+            submission_id: None,
         }
     }
 
@@ -225,6 +230,7 @@ mod tests {
                 source: LeadSource::LandingPage,
                 utm_source: Some("google".into()),
                 utm_campaign: None,
+                submission_id: None,
             })
             .then_expect_events(vec![created()]);
     }
@@ -238,6 +244,7 @@ mod tests {
                 source: LeadSource::LandingPage,
                 utm_source: None,
                 utm_campaign: None,
+                submission_id: None,
             })
             .then_expect_error(LeadError::AlreadyExists);
     }
@@ -263,11 +270,13 @@ mod tests {
                 personal: sealed("q"),
                 utm_source: None,
                 utm_campaign: None,
+                submission_id: None,
             })
             .then_expect_events(vec![LeadEvent::LeadResubmitted {
                 personal: sealed("q"),
                 utm_source: None,
                 utm_campaign: None,
+                submission_id: None,
             }]);
     }
 
@@ -279,6 +288,7 @@ mod tests {
                 personal: sealed("q"),
                 utm_source: None,
                 utm_campaign: None,
+                submission_id: None,
             })
             .then_expect_error(LeadError::Closed(LeadStatus::Lost));
     }

@@ -13,12 +13,15 @@ pub enum LeadCommand {
         source: LeadSource,
         utm_source: Option<String>,
         utm_campaign: Option<String>,
+        /// The id the submitter is answered with (see `LeadEvent::LeadCreated`).
+        submission_id: Option<Uuid>,
     },
     /// The same contact submitted again while the lead is open.
     Resubmit {
         personal: SealedText,
         utm_source: Option<String>,
         utm_campaign: Option<String>,
+        submission_id: Option<Uuid>,
     },
     ChangeStatus {
         status: LeadStatus,

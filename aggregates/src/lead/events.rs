@@ -14,11 +14,17 @@ pub enum LeadEvent {
         source: LeadSource,
         utm_source: Option<String>,
         utm_campaign: Option<String>,
+        /// The id the landing form was answered with: it names the submission, never the
+        /// lead (absent in events recorded before it existed).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        submission_id: Option<Uuid>,
     },
     LeadResubmitted {
         personal: SealedText,
         utm_source: Option<String>,
         utm_campaign: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        submission_id: Option<Uuid>,
     },
     LeadStatusChanged {
         from: LeadStatus,
