@@ -1,8 +1,8 @@
 //! The one subscription of this instance: follow the log, map, fan out.
 //!
 //! The feed also notices when the database moved under it (ADR 0008): every
-//! `WS_PROGRESS_INTERVAL_MS`, and whenever a batch arrives from a later epoch, it checks the
-//! log's epoch. A move means events may have been lost (an async standby promoted) or
+//! `WS_PROGRESS_INTERVAL_MS`, after a failed read, and whenever a batch arrives from a later
+//! epoch, it checks the log's epoch. A move means events may have been lost (an async standby promoted) or
 //! renumbered, so neither its own position nor any cursor a panel holds can be trusted: the
 //! feed restarts from the new head and every socket is closed with 4400 `CURSOR_STALE`
 //! (the panel reloads), and a `since` of the earlier epoch is refused the same way.
@@ -189,6 +189,11 @@ async fn run(state: AppState, from: Cursor) {
                     .is_none()
                 {
                     break;
+                }
+                // A lost connection is what a failover looks like from here: check at once
+                // rather than at the next tick.
+                if let Some(head) = moved(&state, subscription.cursor()).await {
+                    subscription = state.store.subscribe(head, PAGE_SIZE);
                 }
                 continue;
             }
