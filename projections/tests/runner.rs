@@ -202,10 +202,14 @@ async fn a_crash_between_and_within_pages_still_gives_exactly_once_effects(pool:
         second.status().events_handled >= 35
     })
     .await;
-    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'projection-second'")
-        .execute(&pool)
-        .await
-        .unwrap();
+    // This test's database only: another test run may use the same application name.
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+          WHERE application_name = 'projection-second' AND datname = current_database()",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
 
     // The same runner reconnects, takes the lock again and finishes from its checkpoint.
     second
@@ -400,7 +404,8 @@ async fn a_killed_leader_backend_is_retried_without_counting_a_failure(pool: PgP
     let waiting = async || {
         sqlx::query_scalar::<_, i32>(
             "SELECT pid FROM pg_stat_activity
-              WHERE application_name = 'projection-killed' AND wait_event_type = 'Lock'",
+              WHERE application_name = 'projection-killed' AND wait_event_type = 'Lock'
+                AND datname = current_database()",
         )
         .fetch_optional(&pool)
         .await

@@ -2,10 +2,11 @@
 //!
 //! The feed also notices when the database moved under it (ADR 0008): every
 //! `WS_PROGRESS_INTERVAL_MS`, after a failed read, and whenever a batch arrives from a later
-//! epoch, it checks the log's epoch. A move means events may have been lost (an async standby promoted) or
-//! renumbered, so neither its own position nor any cursor a panel holds can be trusted: the
-//! feed restarts from the new head and every socket is closed with 4400 `CURSOR_STALE`
-//! (the panel reloads), and a `since` of the earlier epoch is refused the same way.
+//! epoch, it checks the log's epoch. A move means events may have been lost (an async
+//! standby promoted) or renumbered, so neither its own position nor any cursor a panel
+//! holds can be trusted: the feed restarts from the new head and every socket is closed
+//! with 4400 `CURSOR_STALE` (the panel reloads); a `since` of the earlier epoch is refused
+//! the same way.
 
 use std::future::Future;
 use std::sync::Mutex;
