@@ -58,6 +58,10 @@ impl Database {
         self.embedded.is_some()
     }
 
+    /// Applies pending migrations, then makes sure the event log's epoch belongs to this
+    /// cluster: every command that migrates (`serve`, `migrate`, `admin create`) may append
+    /// next, and on a database that moved to another cluster (restore, promoted standby)
+    /// new events must open a new epoch, or they would sort inside the old log (ADR 0008).
     pub async fn migrate(&self) -> anyhow::Result<()> {
         // `run_direct` on a plain connection: `Migrator::run(&pool)` is generic over `Acquire`
         // and its future cannot be proven `Send` inside a spawned server task.
@@ -65,7 +69,13 @@ impl Database {
         crate::MIGRATOR
             .run_direct(&mut *conn)
             .await
-            .context("applying migrations")
+            .context("applying migrations")?;
+        drop(conn);
+        EventStore::new(self.pool.clone())
+            .check_epoch()
+            .await
+            .context("checking the event log's epoch")?;
+        Ok(())
     }
 
     /// Closes the pool and stops the embedded cluster, if any.
@@ -102,13 +112,6 @@ pub async fn run(
         return Err(e);
     }
     let store = EventStore::new(database.pool.clone());
-    // Before anything appends: on a database that moved to another cluster (restore,
-    // promoted standby) new events must open a new epoch, or they would sort inside the
-    // old log (ADR 0008).
-    if let Err(e) = store.check_epoch().await {
-        let _ = database.close().await;
-        return Err(e).context("checking the event log's epoch");
-    }
     let sealer = Sealer::new(
         database.pool.clone(),
         *config.encryption_key.expose_secret(),

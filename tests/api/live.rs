@@ -753,3 +753,39 @@ async fn a_lead_missing_from_the_read_model_is_pushed_as_an_error_and_counted(po
     );
     app.stop().await.unwrap();
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_gateway_started_on_a_moved_database_opens_a_new_epoch_before_it_appends(pool: PgPool) {
+    let app = TestApp::spawn(pool.clone()).await;
+    let (access, _) = login(&app).await;
+    let (_, before) = panel(&app, &access, None).await;
+    let before: Cursor = before.parse().unwrap();
+    app.stop().await.unwrap();
+
+    // The database was restored into another cluster while the gateway was down.
+    sqlx::query(
+        "UPDATE event_log_epochs SET system_identifier = system_identifier + 1
+          WHERE epoch = (SELECT max(epoch) FROM event_log_epochs)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let app = TestApp::spawn(pool.clone()).await;
+    let (epoch, reason): (i64, String) =
+        sqlx::query_as("SELECT epoch, reason FROM event_log_epochs ORDER BY epoch DESC LIMIT 1")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(epoch > before.epoch());
+    assert!(reason.starts_with("cluster"), "{reason}");
+    // The first thing appended after the start (this login) is in the new epoch.
+    login(&app).await;
+    let newest: i64 = sqlx::query_scalar(
+        "SELECT epoch FROM events ORDER BY epoch DESC, transaction_id DESC LIMIT 1",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(newest, epoch);
+    app.stop().await.unwrap();
+}
