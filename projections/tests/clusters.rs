@@ -257,3 +257,70 @@ async fn a_prepared_transaction_holding_the_fence_shows_in_the_fence_status(_unu
     assert_eq!(read_all(&store, start).await.0, appended);
     pool.close().await;
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_standby_promoted_after_losing_commits_opens_an_epoch_so_held_cursors_skip_nothing(
+    _unused: PgPool,
+) {
+    let primary = PrivateCluster::start(None, &[]);
+    let primary_pool = PgPool::connect(&primary.url()).await.unwrap();
+    sqlx::migrate!("../migrations")
+        .run(&primary_pool)
+        .await
+        .unwrap();
+    let store = EventStore::new(primary_pool.clone());
+    let replicated = append(&store, "a", 2).await;
+    let standby = PrivateCluster::standby_of(&primary);
+    // The standby has everything so far once it replays the primary's current WAL position.
+    let lsn: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+        .fetch_one(&primary_pool)
+        .await
+        .unwrap();
+    let standby_pool = PgPool::connect(&standby.url()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let caught_up: bool = sqlx::query_scalar("SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn")
+            .bind(&lsn)
+            .fetch_one(&standby_pool)
+            .await
+            .unwrap();
+        if caught_up {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the standby never caught up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    standby_pool.close().await;
+
+    // The standby falls behind (async replication), the primary commits more, a panel is
+    // handed their cursors, and the primary dies.
+    standby.stop();
+    let mut lost = Vec::new();
+    for stream in ["b", "c", "d", "e"] {
+        lost.extend(append(&store, stream, 1).await);
+    }
+    let (seen, held) = read_all(&store, Cursor::START).await;
+    assert_eq!(seen, [replicated.clone(), lost].concat());
+    primary_pool.close().await;
+    primary.stop();
+
+    // The standby is promoted without those commits and the gateway starts on it.
+    standby.start_again();
+    standby.promote();
+    let promoted = PgPool::connect(&standby.url()).await.unwrap();
+    let store = EventStore::new(promoted.clone());
+    let opened = store.check_epoch().await.unwrap();
+    assert_eq!(opened.opened.as_deref(), Some("timeline 2, was 1"));
+    let new = append(&store, "f", 1).await;
+    let (everything, _) = read_all(&store, Cursor::START).await;
+    assert_eq!(everything, [replicated, new.clone()].concat());
+    let new_cursor = store.head().await.unwrap();
+    // Transaction ids were handed out again: without the epoch the new event would sort
+    // at or before the cursor the panel holds, and reading on from it would skip it.
+    assert!(
+        new_cursor.transaction_id() <= held.transaction_id(),
+        "{new_cursor} vs {held}"
+    );
+    assert_eq!(read_all(&store, held).await.0, new);
+    promoted.close().await;
+}

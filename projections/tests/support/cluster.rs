@@ -1,6 +1,6 @@
 //! A private, throwaway Postgres cluster for tests that need a second cluster (a restore
 //! into a cluster with a lower transaction id counter) or settings the shared server does
-//! not have (`max_prepared_transactions`). Made with the machine's own binaries under a
+//! not have (`max_prepared_transactions`), or a standby to promote. Made with the machine's own binaries under a
 //! temporary directory, on a free loopback port, no unix socket; as root it runs as the
 //! `postgres` system user (Postgres refuses root), like `src/embedded.rs`. Dropping it stops
 //! the postmaster and removes the directory.
@@ -14,6 +14,8 @@ pub struct PrivateCluster {
     bin: PathBuf,
     run_as: Option<(u32, u32)>,
     pub port: u16,
+    /// `postgres` command-line options (port, listen address, settings).
+    options: String,
 }
 
 impl PrivateCluster {
@@ -21,28 +23,7 @@ impl PrivateCluster {
     /// `xid_epoch << 32` (what a long-lived cluster looks like), then start it with
     /// `settings` (`name=value`).
     pub fn start(xid_epoch: Option<u32>, settings: &[&str]) -> Self {
-        let bin = binaries();
-        let run_as = if is_root() {
-            Some(postgres_account())
-        } else {
-            None
-        };
-        let dir = std::env::temp_dir().join(format!(
-            "gateway-test-cluster-{}-{}",
-            std::process::id(),
-            uuid::Uuid::new_v4().simple()
-        ));
-        std::fs::create_dir(&dir).unwrap();
-        if let Some((uid, gid)) = run_as {
-            std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).unwrap();
-        }
-        let port = free_port();
-        let mut cluster = PrivateCluster {
-            dir,
-            bin,
-            run_as,
-            port,
-        };
+        let cluster = Self::empty(settings);
         let data = cluster.data();
         cluster.run(
             "initdb",
@@ -62,21 +43,99 @@ impl PrivateCluster {
         if let Some(epoch) = xid_epoch {
             cluster.run("pg_resetwal", &["-e", &epoch.to_string(), "-D", &data]);
         }
+        cluster.start_again();
+        cluster
+    }
+
+    /// A streaming standby of `primary` (`pg_basebackup -R`), started.
+    pub fn standby_of(primary: &PrivateCluster) -> Self {
+        let standby = Self::empty(&[]);
+        let port = primary.port.to_string();
+        let data = standby.data();
+        standby.run(
+            "pg_basebackup",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-D",
+                &data,
+                "-R",
+                "-X",
+                "stream",
+                "--checkpoint=fast",
+                "--no-sync",
+            ],
+        );
+        standby.start_again();
+        standby
+    }
+
+    /// A directory and a port, no cluster yet.
+    fn empty(settings: &[&str]) -> Self {
+        let bin = binaries();
+        let run_as = if is_root() {
+            Some(postgres_account())
+        } else {
+            None
+        };
+        let dir = std::env::temp_dir().join(format!(
+            "gateway-test-cluster-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir(&dir).unwrap();
+        if let Some((uid, gid)) = run_as {
+            std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).unwrap();
+        }
+        let port = free_port();
         let mut options = format!(
             "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c fsync=off"
         );
         for setting in settings {
             options.push_str(&format!(" -c {setting}"));
         }
-        let log = cluster.dir.join("log").display().to_string();
-        cluster.run(
+        PrivateCluster {
+            dir,
+            bin,
+            run_as,
+            port,
+            options,
+        }
+    }
+
+    /// Starts the postmaster and waits until it accepts connections.
+    pub fn start_again(&self) {
+        let log = self.dir.join("log").display().to_string();
+        let data = self.data();
+        self.run(
             "pg_ctl",
             &[
-                "-D", &data, "-l", &log, "-w", "-t", "60", "-o", &options, "start",
+                "-D",
+                &data,
+                "-l",
+                &log,
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                &self.options,
+                "start",
             ],
         );
-        cluster.port = port;
-        cluster
+    }
+
+    /// Fast shutdown.
+    pub fn stop(&self) {
+        self.run("pg_ctl", &["-D", &self.data(), "-m", "fast", "-w", "stop"]);
+    }
+
+    /// Ends recovery: the standby becomes a primary on a new timeline.
+    pub fn promote(&self) {
+        self.run("pg_ctl", &["-D", &self.data(), "-w", "promote"]);
     }
 
     pub fn url(&self) -> String {
