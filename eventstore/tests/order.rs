@@ -1,8 +1,8 @@
 //! The log's order against what operations and stray writers do to it: INSERTs that name
 //! their own place, a database that finds itself on another cluster (emulated here by
 //! changing the recorded identity; `projections/tests/clusters.rs` restores a real dump
-//! into a real second cluster), transaction ids below the log's, and the session settings
-//! every connection gets.
+//! into a real second cluster and promotes a real standby), transaction ids below the
+//! log's, and the session settings every connection gets.
 
 use std::time::{Duration, Instant};
 

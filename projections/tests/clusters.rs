@@ -1,7 +1,7 @@
 //! The log moved between clusters, for real: a database dumped from a long-lived cluster
 //! (transaction ids at epoch 8, above 2³²) restored into another cluster whose counter is
-//! far lower, and prepared transactions (which the shared test server does not allow)
-//! holding the fence. Each test starts its own private cluster (`support/cluster.rs`).
+//! far lower, an async standby promoted after losing the primary's last commits, and
+//! prepared transactions (which the shared test server does not allow) holding the fence. Each test starts its own private cluster (`support/cluster.rs`).
 
 #[path = "support/cluster.rs"]
 mod cluster;
