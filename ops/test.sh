@@ -7,6 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The tests' Postgres (sqlx::test makes a database per test there). Only exported here, not set
+# in .cargo/config.toml, whose [env] cargo would also hand to `cargo run` (see README).
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 
 # --- Postgres -------------------------------------------------------------------------
@@ -33,6 +35,10 @@ rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup comp
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The README's first command (debug profile) builds the binary alone, with fewer features than
+# the workspace's test build; build it now so its check in tests/api/embedded.rs, which runs
+# `cargo run -- serve`, does not compile in parallel with the other tests.
+cargo build --locked
 
 if command -v cargo-nextest >/dev/null 2>&1; then
     cargo nextest run --workspace --locked --no-fail-fast

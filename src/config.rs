@@ -452,32 +452,125 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     file.write_all(bytes)
 }
 
-/// The variables this module reads, for `--help` style listings and docs tests.
-pub const VARIABLES: &[&str] = &[
-    "GATEWAY_ENV",
-    "DATABASE_URL",
-    "DATA_DIR",
-    "BIND",
-    "ADMIN_SECRET",
-    "JWT_SECRET",
-    "ENCRYPTION_KEY",
-    "LANDING_API_KEYS",
-    "BOOTSTRAP_ADMIN_EMAIL",
-    "BOOTSTRAP_ADMIN_PASSWORD",
-    "INTELLIGENCE_URL",
-    "INTERNAL_SERVICE_KEY",
-    "TELEGRAM_API_BASE",
-    "PUBLIC_BASE_URL",
-    "LANDING_ORIGINS",
-    "ADMIN_ORIGINS",
-    "TRUSTED_PROXIES",
-    "SMTP_URL",
-    "MAIL_FROM",
-    "ADMIN_RATE_LIMIT_PER_MINUTE",
-    "WS_AUTH_TIMEOUT_MS",
-    "WS_PROGRESS_INTERVAL_MS",
-    "WS_MAX_REPLAY_EVENTS",
-    "HTTP_IDLE_TIMEOUT_MS",
+/// One environment variable the gateway reads, with what it means (and its default).
+#[derive(Clone, Copy, Debug)]
+pub struct Variable {
+    pub name: &'static str,
+    pub meaning: &'static str,
+}
+
+/// Every environment variable `gateway serve` reads: this module's, plus `PG_BIN_DIR`
+/// (embedded cluster), `RUST_LOG` and `LOG_FORMAT` (logging). `gateway --help` lists them and
+/// tests hold this list, the code and the README's configuration table to each other.
+pub const VARIABLES: &[Variable] = &[
+    Variable {
+        name: "GATEWAY_ENV",
+        meaning: "development (default) or production; production refuses missing or weak secrets",
+    },
+    Variable {
+        name: "DATABASE_URL",
+        meaning: "Postgres URL; unset: a private cluster under DATA_DIR",
+    },
+    Variable {
+        name: "DATA_DIR",
+        meaning: "embedded cluster, postgres.log, generated dev secrets (default ./data)",
+    },
+    Variable {
+        name: "BIND",
+        meaning: "listen address (default 127.0.0.1:3001)",
+    },
+    Variable {
+        name: "ADMIN_SECRET",
+        meaning: "X-Admin-Secret of the admin routes (development: generated)",
+    },
+    Variable {
+        name: "JWT_SECRET",
+        meaning: "HS256 key of admin tokens (development: generated)",
+    },
+    Variable {
+        name: "ENCRYPTION_KEY",
+        meaning: "32 bytes as base64 or 64 hex digits, for data at rest (development: generated)",
+    },
+    Variable {
+        name: "LANDING_API_KEYS",
+        meaning: "comma-separated X-API-Key values (development: one generated)",
+    },
+    Variable {
+        name: "BOOTSTRAP_ADMIN_EMAIL",
+        meaning: "super admin created at start if none exists (development: admin@localhost)",
+    },
+    Variable {
+        name: "BOOTSTRAP_ADMIN_PASSWORD",
+        meaning: "its password (development: generated)",
+    },
+    Variable {
+        name: "INTELLIGENCE_URL",
+        meaning: "Intelligence service base URL (unset: none)",
+    },
+    Variable {
+        name: "INTERNAL_SERVICE_KEY",
+        meaning: "X-Internal-Key for the Intelligence service",
+    },
+    Variable {
+        name: "TELEGRAM_API_BASE",
+        meaning: "Telegram Bot API base (default https://api.telegram.org)",
+    },
+    Variable {
+        name: "PUBLIC_BASE_URL",
+        meaning: "public URL of this gateway (default http://<BIND>)",
+    },
+    Variable {
+        name: "LANDING_ORIGINS",
+        meaning: "CORS allow-list of /v1/leads, comma-separated (development: any localhost)",
+    },
+    Variable {
+        name: "ADMIN_ORIGINS",
+        meaning: "CORS allow-list of the admin routes and /ws/admin (development: any localhost)",
+    },
+    Variable {
+        name: "TRUSTED_PROXIES",
+        meaning: "CIDRs or addresses whose X-Forwarded-For is believed (default none)",
+    },
+    Variable {
+        name: "SMTP_URL",
+        meaning: "outgoing mail server (unset: none)",
+    },
+    Variable {
+        name: "MAIL_FROM",
+        meaning: "sender address of outgoing mail",
+    },
+    Variable {
+        name: "ADMIN_RATE_LIMIT_PER_MINUTE",
+        meaning: "admin requests per minute per admin, per instance (default 100)",
+    },
+    Variable {
+        name: "WS_AUTH_TIMEOUT_MS",
+        meaning: "how long a new /ws/admin socket may take to authenticate (default 5000)",
+    },
+    Variable {
+        name: "WS_PROGRESS_INTERVAL_MS",
+        meaning: "how often a /ws/admin socket gets a PROGRESS frame and the live feed checks the log's epoch (default 15000)",
+    },
+    Variable {
+        name: "WS_MAX_REPLAY_EVENTS",
+        meaning: "most events a since may be behind before 4400 CURSOR_TOO_OLD (default 10000)",
+    },
+    Variable {
+        name: "HTTP_IDLE_TIMEOUT_MS",
+        meaning: "how long a connection may take to send request headers or sit idle (default 30000)",
+    },
+    Variable {
+        name: "PG_BIN_DIR",
+        meaning: "Postgres binaries for the embedded cluster (default newest /usr/lib/postgresql/*/bin)",
+    },
+    Variable {
+        name: "RUST_LOG",
+        meaning: "log filter (default info)",
+    },
+    Variable {
+        name: "LOG_FORMAT",
+        meaning: "json for JSON lines (always in production)",
+    },
 ];
 
 /// Header reading and keep-alive idleness: long enough for a slow mobile link, short enough
@@ -570,6 +663,53 @@ mod tests {
         );
         assert_eq!(first.landing_origins, Origins::AnyLocalhost);
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn every_variable_the_configuration_reads_is_listed() {
+        let dir = std::env::temp_dir().join(format!("gw-config-{}", uuid::Uuid::new_v4()));
+        let dir_text = dir.to_string_lossy().to_string();
+        let read = std::sync::Mutex::new(std::collections::BTreeSet::new());
+        for given in [vec![("DATA_DIR", dir_text.as_str())], strong_production()] {
+            let given = vars(&given);
+            let _ = Config::from_vars(|name| {
+                read.lock().unwrap().insert(name.to_string());
+                given(name)
+            });
+        }
+        let _ = std::fs::remove_dir_all(dir);
+        let listed: Vec<&str> = VARIABLES.iter().map(|v| v.name).collect();
+        for name in read.into_inner().unwrap() {
+            assert!(
+                listed.contains(&name.as_str()),
+                "{name} is not in VARIABLES"
+            );
+        }
+    }
+
+    #[test]
+    fn the_readme_configuration_table_lists_exactly_the_variables() {
+        let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"));
+        let section = readme
+            .split("## Configuration")
+            .nth(1)
+            .and_then(|rest| rest.split("\n## ").next())
+            .expect("README has a Configuration section");
+        // The first cell of each row: `NAME` or `NAME`, `OTHER` (`LOG_FORMAT=json` counts).
+        let mut documented: Vec<String> = section
+            .lines()
+            .filter(|l| l.starts_with("| `"))
+            .flat_map(|l| {
+                l.split('|').nth(1).unwrap().split(',').map(|cell| {
+                    let name = cell.trim().trim_matches('`');
+                    name.split('=').next().unwrap().to_string()
+                })
+            })
+            .collect();
+        documented.sort();
+        let mut listed: Vec<String> = VARIABLES.iter().map(|v| v.name.to_string()).collect();
+        listed.sort();
+        assert_eq!(documented, listed);
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod idempotency;
 pub mod leads;
 pub mod live;
 pub mod metrics;
+pub mod migrate;
 pub mod ratelimit;
 pub mod startup;
 pub mod state;

@@ -2,14 +2,23 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use gateway::config::Config;
+use gateway::config::{self, Config};
 use gateway::startup::{self, Database};
 
 #[derive(Parser)]
 #[command(
     name = "gateway",
     version,
-    about = "Domizan Gateway: event-sourced backend for Domizan"
+    about = "Domizan Gateway: the event-sourced backend between the landing page, the admin \
+             panel, the desktop app and the Intelligence service.",
+    long_about = "Domizan Gateway: the event-sourced backend between the landing page, the \
+                  admin panel, the desktop app and the Intelligence service.\n\n\
+                  `gateway serve` with no DATABASE_URL runs its own Postgres under DATA_DIR \
+                  and prints how to log in.",
+    after_help = environment(
+        "Environment (every command reads the whole configuration; see each command's --help):",
+        &[]
+    )
 )]
 struct Cli {
     #[command(subcommand)]
@@ -18,11 +27,35 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the HTTP API (embedded Postgres under DATA_DIR when DATABASE_URL is unset).
+    /// Serve the HTTP API until Ctrl-C or SIGTERM (own Postgres under DATA_DIR when
+    /// DATABASE_URL is unset).
+    #[command(
+        long_about = "Serves the HTTP API on BIND until Ctrl-C or SIGTERM, then lets requests in \
+                      flight finish.\n\n\
+                      The database is DATABASE_URL if set. Otherwise the gateway runs a private \
+                      Postgres cluster under DATA_DIR/postgres with the machine's Postgres \
+                      binaries (created on first start, stopped on exit). Pending migrations \
+                      are applied first.\n\n\
+                      In development, secrets that are not set are generated once into \
+                      DATA_DIR/dev-secrets.json; the start banner says where and prints a \
+                      ready-to-paste login.",
+        after_help = environment("Environment:", &[])
+    )]
     Serve,
     /// Apply pending database migrations and exit.
+    #[command(
+        long_about = "Applies pending migrations to DATABASE_URL, or to the embedded cluster \
+                      under DATA_DIR (started for this and stopped after), and exits.",
+        after_help = environment(DATABASE_ONLY, DATABASE_VARIABLES)
+    )]
     Migrate,
     /// Manage admin users directly in the database.
+    #[command(
+        long_about = "Manages admin users directly in the database (DATABASE_URL, or the \
+                      embedded cluster under DATA_DIR), without the HTTP API: for the first \
+                      admin of a production system, or a locked-out one.",
+        after_help = environment(DATABASE_ONLY, DATABASE_VARIABLES)
+    )]
     Admin {
         #[command(subcommand)]
         command: AdminCommand,
@@ -31,10 +64,25 @@ enum Command {
 
 #[derive(Subcommand)]
 enum AdminCommand {
-    /// Create an admin. The password comes from ADMIN_PASSWORD or is read from stdin.
+    /// Create an admin (migrates first). The password comes from ADMIN_PASSWORD or is read
+    /// from stdin.
+    #[command(after_help = environment(
+        DATABASE_ONLY,
+        &[
+            ("ADMIN_PASSWORD", "the new admin's password (unset: one line read from stdin)"),
+            ("DATABASE_URL", ""),
+            ("DATA_DIR", ""),
+            ("PG_BIN_DIR", ""),
+            ("GATEWAY_ENV", ""),
+            ("RUST_LOG", ""),
+            ("LOG_FORMAT", ""),
+        ]
+    ))]
     Create {
+        /// E-mail address, the admin's login
         #[arg(long)]
         email: String,
+        /// Display name
         #[arg(long)]
         name: String,
         /// super_admin, admin or viewer
@@ -45,6 +93,55 @@ enum AdminCommand {
         #[arg(long, value_delimiter = ',')]
         permissions: Vec<String>,
     },
+}
+
+/// Heading of the commands that only need the database. They still read the whole
+/// configuration as `serve` does (so production refuses to run them with weak secrets too).
+const DATABASE_ONLY: &str = "Environment (the configuration is checked as for `gateway serve`, \
+                             see its --help; these are the ones that matter here):";
+
+/// The variables a database-only command uses; an empty meaning takes the one of
+/// [`config::VARIABLES`].
+const DATABASE_VARIABLES: &[(&str, &str)] = &[
+    ("DATABASE_URL", ""),
+    ("DATA_DIR", ""),
+    ("PG_BIN_DIR", ""),
+    ("GATEWAY_ENV", ""),
+    ("RUST_LOG", ""),
+    ("LOG_FORMAT", ""),
+];
+
+/// A help section listing environment variables, aligned: `variables`, or every one the
+/// gateway reads if empty.
+fn environment(heading: &str, variables: &[(&str, &str)]) -> String {
+    let all: Vec<(&str, &str)> = config::VARIABLES
+        .iter()
+        .map(|v| (v.name, v.meaning))
+        .collect();
+    let rows: Vec<(&str, &str)> = if variables.is_empty() {
+        all.clone()
+    } else {
+        variables
+            .iter()
+            .map(|&(name, meaning)| {
+                let meaning = if meaning.is_empty() {
+                    all.iter()
+                        .find(|(n, _)| *n == name)
+                        .map(|(_, m)| *m)
+                        .unwrap_or_default()
+                } else {
+                    meaning
+                };
+                (name, meaning)
+            })
+            .collect()
+    };
+    let width = rows.iter().map(|(name, _)| name.len()).max().unwrap_or(0);
+    let mut text = heading.to_string();
+    for (name, meaning) in rows {
+        text.push_str(&format!("\n  {name:width$}  {meaning}"));
+    }
+    text
 }
 
 #[tokio::main]

@@ -58,19 +58,13 @@ impl Database {
         self.embedded.is_some()
     }
 
-    /// Applies pending migrations, then makes sure the event log's epoch belongs to this
-    /// cluster: every command that migrates (`serve`, `migrate`, `admin create`) may append
-    /// next, and on a database that moved to another cluster (restore, promoted standby)
-    /// new events must open a new epoch, or they would sort inside the old log (ADR 0008).
+    /// Applies pending migrations (see [`crate::migrate`]), then makes sure the event log's
+    /// epoch belongs to this cluster: every command that migrates (`serve`, `migrate`,
+    /// `admin create`) may append next, and on a database that moved to another cluster
+    /// (restore, promoted standby) new events must open a new epoch, or they would sort
+    /// inside the old log (ADR 0008).
     pub async fn migrate(&self) -> anyhow::Result<()> {
-        // `run_direct` on a plain connection: `Migrator::run(&pool)` is generic over `Acquire`
-        // and its future cannot be proven `Send` inside a spawned server task.
-        let mut conn = self.pool.acquire().await?;
-        crate::MIGRATOR
-            .run_direct(&mut *conn)
-            .await
-            .context("applying migrations")?;
-        drop(conn);
+        crate::migrate::apply(&self.connect, &crate::MIGRATOR).await?;
         EventStore::new(self.pool.clone())
             .check_epoch()
             .await

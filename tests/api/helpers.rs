@@ -28,7 +28,8 @@ pub struct TestApp {
 
 /// The URL of the database behind `pool` (the test's own, made by `sqlx::test`).
 pub fn database_url(pool: &PgPool) -> String {
-    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL is set by .cargo/config.toml");
+    let base = std::env::var("DATABASE_URL")
+        .expect("DATABASE_URL names the test Postgres (README, Operations)");
     let base = base.split('?').next().unwrap();
     let (server, _) = base.rsplit_once('/').unwrap();
     let db = pool.connect_options().get_database().unwrap().to_string();

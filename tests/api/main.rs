@@ -2,8 +2,10 @@
 //! fresh database per test (created and dropped by `sqlx::test`). All in one test binary.
 
 mod admin_auth;
+mod cli;
 mod embedded;
 mod envelope;
+mod hardening;
 mod health;
 mod helpers;
 mod leads;
