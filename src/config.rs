@@ -56,6 +56,14 @@ pub struct Config {
     /// How long a new `/ws/admin` socket may take to send its auth message
     /// (`WS_AUTH_TIMEOUT_MS`; SPEC §4 says 5 s, [`crate::live::AUTH_TIMEOUT`]).
     pub ws_auth_timeout: Duration,
+    /// How often a `/ws/admin` socket is sent a `PROGRESS` frame with its newest cursor (and
+    /// the live feed checks that the database is still on the log's cluster)
+    /// (`WS_PROGRESS_INTERVAL_MS`, [`crate::live::PROGRESS_INTERVAL`]).
+    pub ws_progress_interval: Duration,
+    /// Most events a `since` may be behind the feed; an older one is refused with 4400
+    /// `CURSOR_TOO_OLD` and the panel reloads (`WS_MAX_REPLAY_EVENTS`,
+    /// [`crate::live::MAX_REPLAY_EVENTS`]).
+    pub ws_max_replay_events: i64,
     /// How long a connection may take to send a request's headers, and may sit idle
     /// between requests (`HTTP_IDLE_TIMEOUT_MS`, 30 s): silent sockets are closed.
     pub http_idle_timeout: Duration,
@@ -303,6 +311,26 @@ impl Config {
             },
         };
 
+        let ws_progress_interval = match var("WS_PROGRESS_INTERVAL_MS") {
+            None => crate::live::PROGRESS_INTERVAL,
+            Some(text) => match text.parse::<u64>() {
+                Ok(ms) if ms > 0 => Duration::from_millis(ms),
+                _ => {
+                    problems.push("WS_PROGRESS_INTERVAL_MS must be a positive number".into());
+                    crate::live::PROGRESS_INTERVAL
+                }
+            },
+        };
+        let ws_max_replay_events = match var("WS_MAX_REPLAY_EVENTS") {
+            None => crate::live::MAX_REPLAY_EVENTS,
+            Some(text) => match text.parse::<i64>() {
+                Ok(n) if n > 0 => n,
+                _ => {
+                    problems.push("WS_MAX_REPLAY_EVENTS must be a positive number".into());
+                    crate::live::MAX_REPLAY_EVENTS
+                }
+            },
+        };
         let http_idle_timeout = match var("HTTP_IDLE_TIMEOUT_MS") {
             None => DEFAULT_HTTP_IDLE_TIMEOUT,
             Some(text) => match text.parse::<u64>() {
@@ -344,6 +372,8 @@ impl Config {
             mail_from: var("MAIL_FROM"),
             admin_rate_limit_per_minute,
             ws_auth_timeout,
+            ws_progress_interval,
+            ws_max_replay_events,
             http_idle_timeout,
             dev_secrets_file,
         })
@@ -516,6 +546,14 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "WS_AUTH_TIMEOUT_MS",
         meaning: "how long a new /ws/admin socket may take to authenticate (default 5000)",
+    },
+    Variable {
+        name: "WS_PROGRESS_INTERVAL_MS",
+        meaning: "how often a /ws/admin socket gets a PROGRESS frame and the live feed checks the log's epoch (default 15000)",
+    },
+    Variable {
+        name: "WS_MAX_REPLAY_EVENTS",
+        meaning: "most events a since may be behind before 4400 CURSOR_TOO_OLD (default 10000)",
     },
     Variable {
         name: "HTTP_IDLE_TIMEOUT_MS",

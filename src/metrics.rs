@@ -107,6 +107,8 @@ async fn sample_database(state: &AppState) -> AppResult<()> {
     let fence = state.store.fence_status(live.position).await?;
     metrics::gauge!("eventstore_oldest_xact_age_seconds").set(fence.oldest_xact_age_seconds);
     metrics::gauge!("eventstore_events_held_by_fence").set(fence.held_back as f64);
+    // A prepared transaction left behind holds the fence with no session to show for it.
+    metrics::gauge!("eventstore_prepared_xacts").set(fence.prepared_xacts as f64);
     metrics::gauge!("websocket_connections").set(live.sockets as f64);
     Ok(())
 }

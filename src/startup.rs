@@ -58,9 +58,18 @@ impl Database {
         self.embedded.is_some()
     }
 
-    /// Applies pending migrations (see [`crate::migrate`]).
+    /// Applies pending migrations (see [`crate::migrate`]), then makes sure the event log's
+    /// epoch belongs to this cluster: every command that migrates (`serve`, `migrate`,
+    /// `admin create`) may append next, and on a database that moved to another cluster
+    /// (restore, promoted standby) new events must open a new epoch, or they would sort
+    /// inside the old log (ADR 0008).
     pub async fn migrate(&self) -> anyhow::Result<()> {
-        crate::migrate::apply(&self.connect, &crate::MIGRATOR).await
+        crate::migrate::apply(&self.connect, &crate::MIGRATOR).await?;
+        EventStore::new(self.pool.clone())
+            .check_epoch()
+            .await
+            .context("checking the event log's epoch")?;
+        Ok(())
     }
 
     /// Closes the pool and stops the embedded cluster, if any.

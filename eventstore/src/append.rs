@@ -90,11 +90,11 @@ SELECT e.event_id, $1, $2, $3 + e.ord, e.event_type, e.event_version, e.payload,
   FROM {source}
  WHERE EXISTS (SELECT 1 FROM bump)
  ORDER BY e.ord
-RETURNING global_position, transaction_id, event_id, sequence, recorded_at"
+RETURNING global_position, epoch, transaction_id, event_id, sequence, recorded_at"
     )
 }
 
-type AppendedRow = (i64, i64, Uuid, i64, DateTime<Utc>);
+type AppendedRow = (i64, i64, i64, Uuid, i64, DateTime<Utc>);
 
 impl EventStore {
     /// Appends `events` to `stream`, which must be at `expected_version` (0 for a stream
@@ -176,7 +176,7 @@ impl EventStore {
     ) -> Result<AppendOutcome, StoreError> {
         let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
         let rows = sqlx::query_as::<_, AppendedRow>(
-            "SELECT global_position, transaction_id, event_id, sequence, recorded_at
+            "SELECT global_position, epoch, transaction_id, event_id, sequence, recorded_at
                FROM events
               WHERE event_id = ANY($1) AND aggregate_type = $2 AND aggregate_id = $3
               ORDER BY sequence",
@@ -190,7 +190,7 @@ impl EventStore {
             && rows
                 .iter()
                 .zip(1..)
-                .all(|(row, i)| row.3 == to_i64(expected_version) + i);
+                .all(|(row, i)| row.4 == to_i64(expected_version) + i);
         if same_append {
             return Ok(AppendOutcome {
                 version: expected_version + events.len() as u64,
@@ -230,29 +230,31 @@ fn stored(
     events: &[NewEvent],
     mut rows: Vec<AppendedRow>,
 ) -> Result<Vec<StoredEvent>, StoreError> {
-    rows.sort_by_key(|r| r.3);
+    rows.sort_by_key(|r| r.4);
     events
         .iter()
         .zip(rows)
-        .map(|(event, (position, tx, id, sequence, recorded_at))| {
-            if id != event.event_id {
-                return Err(StoreError::Decode(format!(
-                    "append returned event {id} where {} was expected",
-                    event.event_id
-                )));
-            }
-            Ok(StoredEvent {
-                cursor: Cursor::new(tx, position),
-                event_id: id,
-                stream: stream.clone(),
-                sequence: sequence as u64,
-                event_type: event.event_type.clone(),
-                event_version: event.event_version.clone(),
-                payload: event.payload.clone(),
-                metadata: event.metadata.clone(),
-                recorded_at,
-            })
-        })
+        .map(
+            |(event, (position, epoch, tx, id, sequence, recorded_at))| {
+                if id != event.event_id {
+                    return Err(StoreError::Decode(format!(
+                        "append returned event {id} where {} was expected",
+                        event.event_id
+                    )));
+                }
+                Ok(StoredEvent {
+                    cursor: Cursor::new(epoch, tx, position),
+                    event_id: id,
+                    stream: stream.clone(),
+                    sequence: sequence as u64,
+                    event_type: event.event_type.clone(),
+                    event_version: event.event_version.clone(),
+                    payload: event.payload.clone(),
+                    metadata: event.metadata.clone(),
+                    recorded_at,
+                })
+            },
+        )
         .collect()
 }
 

@@ -9,6 +9,10 @@
 //! * [`EventStore::read_page`] reads the whole log in one total order, `(transaction_id,
 //!   global_position)`, fenced by the reader's own snapshot xmin, so a transaction that
 //!   commits late can never be skipped and no timeout is needed ([`Cursor`]).
+//! * The order's first key is the log epoch ([`EventStore::check_epoch`]): transaction ids
+//!   belong to one cluster, and a move to another one (restore, promoted standby) opens a
+//!   new epoch so that nothing written there sorts inside the old log. A trigger gives every
+//!   inserted event its epoch and transaction id, whatever the INSERT says.
 //! * [`Subscription`] catches up from a cursor and then follows the log; appends in this
 //!   process wake it at once, other processes' appends are found by polling. Writers never
 //!   `NOTIFY` (it serialises commits).
@@ -23,6 +27,7 @@
 mod append;
 mod command;
 mod cursor;
+mod epoch;
 mod error;
 mod event;
 mod read;
@@ -31,6 +36,7 @@ mod subscribe;
 
 pub use command::{CommandError, CommandHandler, CommandOutcome};
 pub use cursor::{Cursor, CursorParseError};
+pub use epoch::EpochCheck;
 pub use error::StoreError;
 pub use event::{AppendOutcome, Metadata, NewEvent, StoredEvent, StreamId};
 pub use read::{FenceStatus, read_page};
@@ -99,15 +105,39 @@ pub fn pool_options(max_connections: u32) -> PgPoolOptions {
         .acquire_timeout(Duration::from_secs(10))
 }
 
-/// Connects with [`pool_options`]. `statement_timeout` keeps a runaway query from holding an
-/// xid (and so the fence) for long; the gateway never runs long statements.
+/// The session settings every connection of the gateway needs, for the pool and for the
+/// projection leaders' own connections:
+///
+/// * `synchronous_commit=on`, whatever the server or database default: an event must not
+///   be pushed to a browser and then vanish in a crash or failover (EVENTSTORE.md);
+/// * `statement_timeout` 30 s and `idle_in_transaction_session_timeout` 60 s: a runaway or
+///   abandoned transaction holds an xid, and with it the fence that every reader waits on;
+/// * TCP keepalives and `tcp_user_timeout` on the server's side of the socket, and
+///   `client_connection_check_interval`: a client that vanished in a network partition is
+///   noticed within about 30 s, so its transaction (the fence) and its session locks (a
+///   projection's leadership) are released instead of lasting until TCP gives up (hours).
+///
+/// Needs PostgreSQL 14 or later (`client_connection_check_interval`); see
+/// `ops/deploy/POSTGRES.md`.
+pub fn session_options(options: PgConnectOptions) -> PgConnectOptions {
+    options.options([
+        ("synchronous_commit", "on"),
+        ("statement_timeout", "30s"),
+        ("idle_in_transaction_session_timeout", "60s"),
+        ("tcp_keepalives_idle", "10"),
+        ("tcp_keepalives_interval", "5"),
+        ("tcp_keepalives_count", "3"),
+        ("tcp_user_timeout", "30000"),
+        ("client_connection_check_interval", "10s"),
+    ])
+}
+
+/// Connects with [`pool_options`] and [`session_options`].
 pub async fn connect(
     options: PgConnectOptions,
     max_connections: u32,
 ) -> Result<PgPool, sqlx::Error> {
-    let options = options.options([
-        ("statement_timeout", "30s"),
-        ("idle_in_transaction_session_timeout", "60s"),
-    ]);
-    pool_options(max_connections).connect_with(options).await
+    pool_options(max_connections)
+        .connect_with(session_options(options))
+        .await
 }

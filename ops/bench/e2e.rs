@@ -386,26 +386,26 @@ async fn drain(ctx: &Ctx, gateway: &Gateway) -> Result<Duration> {
     let t0 = Instant::now();
     loop {
         // The true head: every writer has finished, so nothing is in flight.
-        let head: Option<(i64, i64)> = sqlx::query_as(
-            "SELECT transaction_id, global_position FROM events
-              ORDER BY transaction_id DESC, global_position DESC LIMIT 1",
+        let head: Option<(i64, i64, i64)> = sqlx::query_as(
+            "SELECT epoch, transaction_id, global_position FROM events
+              ORDER BY epoch DESC, transaction_id DESC, global_position DESC LIMIT 1",
         )
         .fetch_optional(&ctx.pool)
         .await?;
-        let head = head.map_or(Cursor::START, |(tx, pos)| Cursor::new(tx, pos));
-        let rows: Vec<(String, i64, i64, String, Option<String>)> = sqlx::query_as(
-            "SELECT name, transaction_id, global_position, status, last_error
+        let head = head.map_or(Cursor::START, |(e, tx, pos)| Cursor::new(e, tx, pos));
+        let rows: Vec<(String, i64, i64, i64, String, Option<String>)> = sqlx::query_as(
+            "SELECT name, epoch, transaction_id, global_position, status, last_error
                FROM projection_checkpoints",
         )
         .fetch_all(&ctx.pool)
         .await?;
-        if let Some((name, _, _, _, error)) = rows.iter().find(|r| r.3 == "failed") {
+        if let Some((name, _, _, _, _, error)) = rows.iter().find(|r| r.4 == "failed") {
             bail!(
                 "projection {name} failed: {}",
                 error.as_deref().unwrap_or("?")
             );
         }
-        if !rows.is_empty() && rows.iter().all(|r| Cursor::new(r.1, r.2) >= head) {
+        if !rows.is_empty() && rows.iter().all(|r| Cursor::new(r.1, r.2, r.3) >= head) {
             let (feed, _) = gateway.live_status().await?;
             if feed >= head {
                 return Ok(t0.elapsed());
@@ -576,9 +576,9 @@ async fn landing_slice(
     let p_mid = probe(ctx).await?;
     let backlog: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM events
-          WHERE (transaction_id, global_position) >
-                (SELECT transaction_id, global_position FROM projection_checkpoints
-                  ORDER BY transaction_id, global_position LIMIT 1)",
+          WHERE (epoch, transaction_id, global_position) >
+                (SELECT epoch, transaction_id, global_position FROM projection_checkpoints
+                  ORDER BY epoch, transaction_id, global_position LIMIT 1)",
     )
     .fetch_one(&ctx.pool)
     .await?;

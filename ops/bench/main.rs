@@ -1166,13 +1166,14 @@ SELECT global_position, transaction_id, event_id, aggregate_type, aggregate_id, 
  LIMIT $2
 "#;
 
-/// Diagnostic baseline: the store's order and index, without the xmin fence.
+/// Diagnostic baseline: the store's order and index, without the xmin fence (a bench
+/// database has only epoch 0).
 const RAW_READ_BY_PAIR: &str = r#"
 SELECT global_position, transaction_id, event_id, aggregate_type, aggregate_id, sequence,
        event_type, event_version, payload, metadata, recorded_at
   FROM events
- WHERE (transaction_id, global_position) > ($1, $2)
- ORDER BY transaction_id, global_position
+ WHERE (epoch, transaction_id, global_position) > (0, $1, $2)
+ ORDER BY epoch, transaction_id, global_position
  LIMIT $3
 "#;
 

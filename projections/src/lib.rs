@@ -16,7 +16,7 @@ pub mod runner;
 pub use adapter::{Adapter, EventProjection};
 pub use runner::{
     BoxFuture, Lag, Projection, ProjectionError, ProjectionHandle, ProjectionState,
-    ProjectionStatus, RunnerConfig, WaitError, lag, spawn,
+    ProjectionStatus, RunnerConfig, WaitError, is_transient, lag, spawn,
 };
 
 /// Timestamps as the API writes them: RFC 3339, UTC, milliseconds (SPEC §1). Read models

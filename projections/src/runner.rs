@@ -1,4 +1,12 @@
 //! The projection runner: leadership, batching, checkpoints, failure, waiting.
+//!
+//! A passing database hiccup (a lost or killed connection, a statement timeout, a deadlock,
+//! a serialization failure, a lock timeout, a server out of resources) ends the leadership
+//! term and the runner tries again with backoff; only an error the handler itself reports
+//! about an event (or a database error outside those classes) stops the projection as
+//! poison. The leader's connection carries the store's session settings plus an idle-session
+//! timeout, and every step on it has a client-side deadline, so a frozen leader or a
+//! network partition releases the fence and the leadership lock within about a minute.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -74,8 +82,20 @@ pub struct RunnerConfig {
     pub page_size: i64,
     /// How often a standby instance tries to take over leadership.
     pub takeover_interval: Duration,
-    /// Backoff after a lost database connection.
+    /// First backoff after a lost connection or a transient error; it doubles with every
+    /// further one in a row, up to [`RunnerConfig::max_backoff`].
     pub reconnect_delay: Duration,
+    pub max_backoff: Duration,
+    /// Client-side deadline for one step on the leader connection (connect, take the lock,
+    /// read and apply one page, commit). Past it the connection is dropped and the term
+    /// ends: the server side times out on its own (ADR 0001's 60 s), and this side must not
+    /// wait for TCP to give up either.
+    pub step_timeout: Duration,
+    /// The leader connection's `idle_session_timeout`: a leader frozen outside a
+    /// transaction (which the idle-in-transaction timeout does not cover) loses its session
+    /// lock, and with it the leadership, after this long. Must exceed the store's poll
+    /// interval and the takeover interval, which are the longest a healthy runner idles.
+    pub idle_session_timeout: Duration,
 }
 
 impl Default for RunnerConfig {
@@ -84,6 +104,9 @@ impl Default for RunnerConfig {
             page_size: 500,
             takeover_interval: Duration::from_secs(1),
             reconnect_delay: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(30),
+            step_timeout: Duration::from_secs(60),
+            idle_session_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -108,6 +131,9 @@ pub enum WaitError {
     Timeout(&'static str),
     #[error("projection {0} has failed: {1}")]
     Failed(&'static str, String),
+    /// This instance's runner was stopped (or died): nothing here will move it any more.
+    #[error("projection {0} is not running on this instance")]
+    Stopped(&'static str),
     #[error("projection {0}: {1}")]
     Database(&'static str, String),
 }
@@ -172,25 +198,35 @@ impl ProjectionHandle {
     }
 
     /// Waits until the projection's effects include the event at `cursor`
-    /// (read-your-writes). Works whichever instance leads: a standby asks the database.
+    /// (read-your-writes). Works whichever instance leads: a standby asks the database. A
+    /// failed or stopped projection answers at once with an error instead of letting the
+    /// caller wait out its timeout.
     pub async fn wait_for(&self, cursor: Cursor, timeout: Duration) -> Result<(), WaitError> {
         let deadline = Instant::now() + timeout;
         let mut status = self.status.clone();
+        let mut runner_gone = false;
         loop {
             let current = status.borrow_and_update().clone();
             if current.checkpoint >= cursor {
                 return Ok(());
             }
-            if let ProjectionState::Failed(e) = current.state {
-                return Err(WaitError::Failed(self.name, e));
-            }
-            if current.state != ProjectionState::Leading {
-                let (checkpoint, failed) = self.stored_checkpoint().await?;
-                if let Some(e) = failed {
-                    return Err(WaitError::Failed(self.name, e));
-                }
-                if checkpoint >= cursor {
-                    return Ok(());
+            match current.state {
+                ProjectionState::Failed(e) => return Err(WaitError::Failed(self.name, e)),
+                ProjectionState::Stopped => return Err(WaitError::Stopped(self.name)),
+                ProjectionState::Leading if !runner_gone => {}
+                ProjectionState::Leading | ProjectionState::Standby => {
+                    let (checkpoint, failed) = self.stored_checkpoint().await?;
+                    if let Some(e) = failed {
+                        return Err(WaitError::Failed(self.name, e));
+                    }
+                    if checkpoint >= cursor {
+                        return Ok(());
+                    }
+                    if runner_gone {
+                        // Aborted or panicked without a last word: the status will not
+                        // change any more, and polling the database for it would spin.
+                        return Err(WaitError::Stopped(self.name));
+                    }
                 }
             }
             let now = Instant::now();
@@ -199,15 +235,15 @@ impl ProjectionHandle {
             }
             let nap = (deadline - now).min(Duration::from_millis(20));
             tokio::select! {
-                _ = status.changed() => {}
+                changed = status.changed() => runner_gone = changed.is_err(),
                 _ = tokio::time::sleep(nap) => {}
             }
         }
     }
 
     async fn stored_checkpoint(&self) -> Result<(Cursor, Option<String>), WaitError> {
-        let row: Option<(i64, i64, String, Option<String>)> = sqlx::query_as(
-            "SELECT transaction_id, global_position, status, last_error
+        let row: Option<(i64, i64, i64, String, Option<String>)> = sqlx::query_as(
+            "SELECT epoch, transaction_id, global_position, status, last_error
                FROM projection_checkpoints WHERE name = $1",
         )
         .bind(self.name)
@@ -215,8 +251,8 @@ impl ProjectionHandle {
         .await
         .map_err(|e| WaitError::Database(self.name, e.to_string()))?;
         Ok(match row {
-            Some((tx, pos, status, error)) => (
-                Cursor::new(tx, pos),
+            Some((epoch, tx, pos, status, error)) => (
+                Cursor::new(epoch, tx, pos),
                 (status == "failed").then(|| error.unwrap_or_default()),
             ),
             None => (Cursor::START, None),
@@ -237,17 +273,29 @@ struct Runner {
 enum TermEnd {
     Shutdown,
     Failed,
-    ConnectionLost(sqlx::Error),
+    /// The connection was lost or a transient error interrupted a page; try again.
+    Interrupted(sqlx::Error),
+}
+
+/// What one step of a term did.
+enum Step {
+    /// Nothing settled after the checkpoint.
+    Idle,
+    /// A page was applied and committed; the checkpoint is now this cursor.
+    Applied(Cursor, usize),
+    /// The handler cannot project an event of the page (rolled back).
+    Poison(ProjectionError),
 }
 
 impl Runner {
     async fn run(mut self) {
         let name = self.projection.name();
+        let mut failures_in_a_row = 0u32;
         loop {
-            let end = match self.lead().await {
-                Ok(end) => end,
-                Err(e) => TermEnd::ConnectionLost(e),
-            };
+            let (end, progressed) = self.lead().await;
+            if progressed {
+                failures_in_a_row = 0;
+            }
             match end {
                 TermEnd::Shutdown => {
                     self.status
@@ -255,11 +303,20 @@ impl Runner {
                     return;
                 }
                 TermEnd::Failed => return,
-                TermEnd::ConnectionLost(e) => {
-                    tracing::warn!(projection = name, error = %e, "projection lost its connection; will retry");
+                TermEnd::Interrupted(e) => {
+                    let delay = backoff(&self.config, failures_in_a_row);
+                    failures_in_a_row = failures_in_a_row.saturating_add(1);
+                    metrics::counter!("projection_retries_total", "projection" => name)
+                        .increment(1);
+                    tracing::warn!(
+                        projection = name,
+                        error = %e,
+                        retry.in_ms = delay.as_millis() as u64,
+                        "projection interrupted by a database error that may pass; will retry"
+                    );
                     self.status
                         .send_modify(|s| s.state = ProjectionState::Standby);
-                    if self.sleep_or_shutdown(self.config.reconnect_delay).await {
+                    if self.sleep_or_shutdown(delay).await {
                         self.status
                             .send_modify(|s| s.state = ProjectionState::Stopped);
                         return;
@@ -280,17 +337,50 @@ impl Runner {
         }
     }
 
+    /// `future` within the step deadline; past it, an I/O error that ends the term (the
+    /// connection is dropped with it, whatever state it was in).
+    async fn bounded<T>(
+        &self,
+        future: impl Future<Output = Result<T, sqlx::Error>>,
+    ) -> Result<T, sqlx::Error> {
+        match tokio::time::timeout(self.config.step_timeout, future).await {
+            Ok(result) => result,
+            Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "no answer from the database within {:?} on the leader connection",
+                    self.config.step_timeout
+                ),
+            ))),
+        }
+    }
+
+    /// One leadership term; also says whether it committed anything (which resets the
+    /// backoff).
+    async fn lead(&mut self) -> (TermEnd, bool) {
+        let mut progressed = false;
+        let end = match self.term(&mut progressed).await {
+            Ok(end) => end,
+            Err(e) => TermEnd::Interrupted(e),
+        };
+        (end, progressed)
+    }
+
     /// One leadership term on one dedicated connection: wait for the lock, then project until
-    /// shutdown, failure or connection loss. The lock is a session lock: if this process dies
+    /// shutdown, failure or interruption. The lock is a session lock: if this process dies
     /// or the connection breaks, Postgres releases it and a standby takes over.
-    async fn lead(&mut self) -> Result<TermEnd, sqlx::Error> {
+    async fn term(&mut self, progressed: &mut bool) -> Result<TermEnd, sqlx::Error> {
         let name = self.projection.name();
-        let mut conn = PgConnection::connect_with(&self.connect).await?;
+        let options = leader_options(self.connect.clone(), self.config.idle_session_timeout);
+        let mut conn = self.bounded(PgConnection::connect_with(&options)).await?;
         loop {
-            let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, hashtext($2))")
-                .bind(LOCK_CLASS)
-                .bind(name)
-                .fetch_one(&mut conn)
+            let locked: bool = self
+                .bounded(
+                    sqlx::query_scalar("SELECT pg_try_advisory_lock($1, hashtext($2))")
+                        .bind(LOCK_CLASS)
+                        .bind(name)
+                        .fetch_one(&mut conn),
+                )
                 .await?;
             if locked {
                 break;
@@ -299,18 +389,24 @@ impl Runner {
                 return Ok(TermEnd::Shutdown);
             }
         }
-        sqlx::query("INSERT INTO projection_checkpoints (name) VALUES ($1) ON CONFLICT DO NOTHING")
-            .bind(name)
-            .execute(&mut conn)
+        let (epoch, tx, pos, handled): (i64, i64, i64, i64) = self
+            .bounded(async {
+                sqlx::query(
+                    "INSERT INTO projection_checkpoints (name) VALUES ($1) ON CONFLICT DO NOTHING",
+                )
+                .bind(name)
+                .execute(&mut conn)
+                .await?;
+                sqlx::query_as(
+                    "SELECT epoch, transaction_id, global_position, events_handled
+                       FROM projection_checkpoints WHERE name = $1",
+                )
+                .bind(name)
+                .fetch_one(&mut conn)
+                .await
+            })
             .await?;
-        let (tx, pos, handled): (i64, i64, i64) = sqlx::query_as(
-            "SELECT transaction_id, global_position, events_handled
-               FROM projection_checkpoints WHERE name = $1",
-        )
-        .bind(name)
-        .fetch_one(&mut conn)
-        .await?;
-        let mut checkpoint = Cursor::new(tx, pos);
+        let mut checkpoint = Cursor::new(epoch, tx, pos);
         tracing::info!(projection = name, %checkpoint, "projection leader");
         self.status.send_modify(|s| {
             s.state = ProjectionState::Leading;
@@ -324,74 +420,89 @@ impl Runner {
                 return Ok(TermEnd::Shutdown);
             }
             watcher.mark_seen();
-            let page = eventstore::read_page(&mut conn, checkpoint, self.config.page_size)
-                .await
-                .map_err(store_to_sqlx)?;
-            let Some(last) = page.last().map(|e| e.cursor) else {
-                tokio::select! {
-                    _ = watcher.wait() => {}
-                    _ = self.shutdown.changed() => {}
+            match self.bounded(self.step(&mut conn, checkpoint)).await? {
+                Step::Idle => {
+                    tokio::select! {
+                        _ = watcher.wait() => {}
+                        _ = self.shutdown.changed() => {}
+                    }
                 }
-                continue;
-            };
-            let mut tx = conn.begin().await?;
-            if let Err(e) = self.projection.apply(&mut tx, &page).await {
-                if let ProjectionError::Database(db) = &e
-                    && is_connection_error(db)
-                {
-                    return Err(e.into_sqlx());
+                Step::Applied(last, n) => {
+                    *progressed = true;
+                    metrics::counter!("projection_events_handled_total", "projection" => name)
+                        .increment(n as u64);
+                    checkpoint = last;
+                    self.status.send_modify(|s| {
+                        s.checkpoint = last;
+                        s.events_handled += n as i64;
+                    });
                 }
-                drop(tx);
-                return self.fail(&mut conn, &e).await;
+                Step::Poison(e) => {
+                    return self.bounded(self.fail(&mut conn, &e)).await;
+                }
             }
-            let moved = sqlx::query(
-                "UPDATE projection_checkpoints
-                    SET transaction_id = $2, global_position = $3,
-                        events_handled = events_handled + $4,
-                        status = 'running', last_error = NULL, updated_at = now()
-                  WHERE name = $1 AND transaction_id = $5 AND global_position = $6",
-            )
-            .bind(name)
-            .bind(last.transaction_id())
-            .bind(last.global_position())
-            .bind(page.len() as i64)
-            .bind(checkpoint.transaction_id())
-            .bind(checkpoint.global_position())
-            .execute(&mut *tx)
-            .await?;
-            if moved.rows_affected() != 1 {
-                // Someone else moved our checkpoint: we are not the only writer after all.
-                // Never commit on top of it; start a new term from the stored checkpoint.
-                tracing::error!(
-                    projection = name,
-                    "checkpoint moved under the leader; restarting term"
-                );
-                drop(tx);
-                return Err(sqlx::Error::Protocol(
-                    "checkpoint moved under the leader".into(),
-                ));
-            }
-            tx.commit().await?;
-            metrics::counter!("projection_events_handled_total", "projection" => name)
-                .increment(page.len() as u64);
-            checkpoint = last;
-            self.status.send_modify(|s| {
-                s.checkpoint = last;
-                s.events_handled += page.len() as i64;
-            });
         }
+    }
+
+    /// Reads the page after `checkpoint`, applies it and moves the checkpoint, all in one
+    /// transaction on the leader connection.
+    async fn step(&self, conn: &mut PgConnection, checkpoint: Cursor) -> Result<Step, sqlx::Error> {
+        let name = self.projection.name();
+        let page = eventstore::read_page(&mut *conn, checkpoint, self.config.page_size)
+            .await
+            .map_err(store_to_sqlx)?;
+        let Some(last) = page.last().map(|e| e.cursor) else {
+            return Ok(Step::Idle);
+        };
+        let mut tx = conn.begin().await?;
+        if let Err(e) = self.projection.apply(&mut tx, &page).await {
+            drop(tx);
+            return match e {
+                ProjectionError::Database(db) if is_transient(&db) => Err(db),
+                poison => Ok(Step::Poison(poison)),
+            };
+        }
+        let moved = sqlx::query(
+            "UPDATE projection_checkpoints
+                SET epoch = $2, transaction_id = $3, global_position = $4,
+                    events_handled = events_handled + $5,
+                    status = 'running', last_error = NULL, updated_at = now()
+              WHERE name = $1 AND epoch = $6 AND transaction_id = $7 AND global_position = $8",
+        )
+        .bind(name)
+        .bind(last.epoch())
+        .bind(last.transaction_id())
+        .bind(last.global_position())
+        .bind(page.len() as i64)
+        .bind(checkpoint.epoch())
+        .bind(checkpoint.transaction_id())
+        .bind(checkpoint.global_position())
+        .execute(&mut *tx)
+        .await?;
+        if moved.rows_affected() != 1 {
+            // Someone else moved our checkpoint: we are not the only writer after all.
+            // Never commit on top of it; start a new term from the stored checkpoint.
+            tracing::error!(
+                projection = name,
+                "checkpoint moved under the leader; restarting term"
+            );
+            drop(tx);
+            return Err(sqlx::Error::Protocol(
+                "checkpoint moved under the leader".into(),
+            ));
+        }
+        tx.commit().await?;
+        Ok(Step::Applied(last, page.len()))
     }
 
     /// A handler error: record it for /ready and operators, stop this projection, keep the
     /// checkpoint where it is (the event is not skipped).
     async fn fail(
-        &mut self,
+        &self,
         conn: &mut PgConnection,
         error: &ProjectionError,
     ) -> Result<TermEnd, sqlx::Error> {
         let name = self.projection.name();
-        tracing::error!(projection = name, error = %error, "projection stopped by a handler error");
-        metrics::counter!("projection_failures_total", "projection" => name).increment(1);
         let text = error.to_string();
         sqlx::query(
             "UPDATE projection_checkpoints SET status = 'failed', last_error = $2, updated_at = now()
@@ -401,6 +512,10 @@ impl Runner {
         .bind(&text)
         .execute(&mut *conn)
         .await?;
+        // Counted once it is recorded: a connection lost on the way ends the term as an
+        // interruption, and the next term meets the same event again.
+        tracing::error!(projection = name, error = %error, "projection stopped by a handler error");
+        metrics::counter!("projection_failures_total", "projection" => name).increment(1);
         self.status
             .send_modify(|s| s.state = ProjectionState::Failed(text));
         // The connection (and with it the lock) goes when the caller drops it. Another
@@ -410,29 +525,51 @@ impl Runner {
     }
 }
 
-fn is_connection_error(e: &sqlx::Error) -> bool {
-    matches!(
-        e,
+/// The leader's connection: the store's session settings, and an idle-session timeout so
+/// that a leader frozen outside a transaction (which the idle-in-transaction timeout does
+/// not cover) still loses its session lock, and with it the leadership. A healthy leader is
+/// never idle that long: it polls the log every 100 ms.
+fn leader_options(options: PgConnectOptions, idle_session_timeout: Duration) -> PgConnectOptions {
+    let ms = idle_session_timeout.as_millis().max(1);
+    eventstore::session_options(options).options([("idle_session_timeout", format!("{ms}ms"))])
+}
+
+/// The backoff before the next term after `failures_in_a_row` interruptions in a row.
+fn backoff(config: &RunnerConfig, failures_in_a_row: u32) -> Duration {
+    config
+        .reconnect_delay
+        .saturating_mul(1u32 << failures_in_a_row.min(16))
+        .min(config.max_backoff.max(config.reconnect_delay))
+}
+
+/// Database errors that say nothing about the events being projected, only that this
+/// attempt met a database that was briefly unable or unwilling: worth another try.
+///
+/// SQLSTATE classes 08 (connection), 53 (insufficient resources), 57P0x (shutdown, crash,
+/// cannot connect now, idle-session timeout), 57014 (statement timeout, cancel), 40001
+/// (serialization), 40P01 (deadlock), 55P03 (lock not available), 25P03 (idle in
+/// transaction timeout); and every error of the connection itself.
+pub fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
         sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::PoolTimedOut
-    )
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08")
+                || code.starts_with("53")
+                || code.starts_with("57P0")
+                || matches!(&*code, "57014" | "40001" | "40P01" | "55P03" | "25P03")
+        }),
+        _ => false,
+    }
 }
 
 fn store_to_sqlx(e: eventstore::StoreError) -> sqlx::Error {
     match e {
         eventstore::StoreError::Database(db) => db,
         other => sqlx::Error::Protocol(other.to_string()),
-    }
-}
-
-impl ProjectionError {
-    fn into_sqlx(self) -> sqlx::Error {
-        match self {
-            ProjectionError::Database(e) => e,
-            other => sqlx::Error::Protocol(other.to_string()),
-        }
     }
 }
 
@@ -457,23 +594,25 @@ impl Lag {
 /// The lag of projection `name`, counting at most `cap` events so that a far-behind
 /// projection does not turn a health check into a scan of the log.
 pub async fn lag(pool: &PgPool, name: &str, cap: i64) -> Result<Lag, sqlx::Error> {
-    let stored: Option<(i64, i64, String)> = sqlx::query_as(
-        "SELECT transaction_id, global_position, status FROM projection_checkpoints WHERE name = $1",
+    let stored: Option<(i64, i64, i64, String)> = sqlx::query_as(
+        "SELECT epoch, transaction_id, global_position, status
+           FROM projection_checkpoints WHERE name = $1",
     )
     .bind(name)
     .fetch_optional(pool)
     .await?;
     let (checkpoint, status) = match stored {
-        Some((tx, pos, status)) => (Cursor::new(tx, pos), Some(status)),
+        Some((epoch, tx, pos, status)) => (Cursor::new(epoch, tx, pos), Some(status)),
         None => (Cursor::START, None),
     };
     let (events, seconds): (i64, Option<f64>) = sqlx::query_as(
         "SELECT count(*), extract(epoch FROM now() - min(recorded_at))::float8
            FROM (SELECT recorded_at FROM events
-                  WHERE (transaction_id, global_position) > ($1, $2)
-                  ORDER BY transaction_id, global_position
-                  LIMIT $3) behind",
+                  WHERE (epoch, transaction_id, global_position) > ($1, $2, $3)
+                  ORDER BY epoch, transaction_id, global_position
+                  LIMIT $4) behind",
     )
+    .bind(checkpoint.epoch())
     .bind(checkpoint.transaction_id())
     .bind(checkpoint.global_position())
     .bind(cap)

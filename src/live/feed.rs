@@ -1,11 +1,19 @@
 //! The one subscription of this instance: follow the log, map, fan out.
+//!
+//! The feed also notices when the database moved under it (ADR 0008): every
+//! `WS_PROGRESS_INTERVAL_MS`, after a failed read, and whenever a batch arrives from a later
+//! epoch, it checks the log's epoch. A move means events may have been lost (an async
+//! standby promoted) or renumbered, so neither its own position nor any cursor a panel
+//! holds can be trusted: the feed restarts from the new head and every socket is closed
+//! with 4400 `CURSOR_STALE` (the panel reloads); a `since` of the earlier epoch is refused
+//! the same way.
 
 use std::future::Future;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use eventstore::{Cursor, StoreError};
+use eventstore::{Cursor, StoreError, StoredEvent};
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
@@ -30,6 +38,18 @@ pub struct LiveFeed {
     /// Event-store subscriptions held by this feed: 1 while it runs, whatever the number of
     /// sockets (reported by `/ready`).
     subscriptions: AtomicUsize,
+    /// Bumped (under the position lock) when the feed restarts in a new epoch of the log;
+    /// sockets that subscribed before close with `CURSOR_STALE`.
+    restarts: watch::Sender<u64>,
+}
+
+/// A socket's view of the feed, taken at one instant under the position lock.
+pub struct FeedSubscription {
+    /// Every message after `position`.
+    pub receiver: broadcast::Receiver<FeedItem>,
+    pub position: Cursor,
+    /// Changes when the feed restarts in a new epoch.
+    pub restarts: watch::Receiver<u64>,
 }
 
 /// What `/ready` reports about the feed.
@@ -51,13 +71,26 @@ impl LiveFeed {
             shutdown: watch::Sender::new(false),
             task: Mutex::new(None),
             subscriptions: AtomicUsize::new(0),
+            restarts: watch::Sender::new(0),
         }
     }
 
     /// A receiver of every message after the returned cursor, and that cursor.
-    pub fn subscribe(&self) -> (broadcast::Receiver<FeedItem>, Cursor) {
+    pub fn subscribe(&self) -> FeedSubscription {
         let position = self.position.lock().expect("not poisoned");
-        (self.channel.subscribe(), *position)
+        FeedSubscription {
+            receiver: self.channel.subscribe(),
+            position: *position,
+            restarts: self.restarts.subscribe(),
+        }
+    }
+
+    /// The feed's position if `receiver` holds no message that its socket has not taken
+    /// yet: then the socket has dealt with everything up to there, including events that
+    /// map to no message. `None` while messages are waiting.
+    pub fn drained_position(&self, receiver: &broadcast::Receiver<FeedItem>) -> Option<Cursor> {
+        let position = self.position.lock().expect("not poisoned");
+        receiver.is_empty().then_some(*position)
     }
 
     /// Resolves once the gateway is stopping (at once if it already is).
@@ -92,6 +125,13 @@ impl LiveFeed {
         }
     }
 
+    /// Starts over at `head` in a new epoch: sockets that subscribed before are told to go.
+    fn restart(&self, head: Cursor) {
+        let mut position = self.position.lock().expect("not poisoned");
+        *position = head;
+        self.restarts.send_modify(|n| *n += 1);
+    }
+
     /// Sends `items` to every socket, then moves the position to `through`.
     fn publish(&self, items: Vec<FeedItem>, through: Cursor) {
         let mut position = self.position.lock().expect("not poisoned");
@@ -115,14 +155,34 @@ pub async fn start(state: &AppState) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// What woke the feed.
+enum Wake {
+    Batch(Result<Vec<StoredEvent>, StoreError>),
+    Check,
+}
+
 async fn run(state: AppState, from: Cursor) {
     let feed = &state.live;
     let mut subscription = state.store.subscribe(from, PAGE_SIZE);
     feed.subscriptions.fetch_add(1, Ordering::Relaxed);
-    while let Some(events) = until_stopped(feed, subscription.next_batch()).await {
-        let events = match events {
-            Ok(events) => events,
-            Err(e) => {
+    let every = state.config.ws_progress_interval;
+    let mut check = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let wake = tokio::select! {
+            batch = subscription.next_batch() => Wake::Batch(batch),
+            _ = check.tick() => Wake::Check,
+            () = feed.stopping() => break,
+        };
+        let events = match wake {
+            Wake::Check => {
+                if let Some(head) = moved(&state, subscription.cursor()).await {
+                    subscription = state.store.subscribe(head, PAGE_SIZE);
+                }
+                continue;
+            }
+            Wake::Batch(Ok(events)) => events,
+            Wake::Batch(Err(e)) => {
                 // The subscription keeps its cursor: the retry reads the same page again.
                 tracing::warn!(error = %e, "live feed cannot read the log; retrying");
                 if until_stopped(feed, tokio::time::sleep(RETRY_DELAY))
@@ -131,17 +191,71 @@ async fn run(state: AppState, from: Cursor) {
                 {
                     break;
                 }
+                // A lost connection is what a failover looks like from here: check at once
+                // rather than at the next tick.
+                if let Some(head) = moved(&state, subscription.cursor()).await {
+                    subscription = state.store.subscribe(head, PAGE_SIZE);
+                }
                 continue;
             }
         };
+        let through = events.last().expect("batches are never empty").cursor;
+        let position = feed.status().position;
+        if through.epoch() != position.epoch() {
+            // Another instance opened a new epoch: this feed may have passed events written
+            // before it opened (reused transaction ids), so it starts over rather than go on.
+            match moved(&state, position).await {
+                Some(head) => subscription = state.store.subscribe(head, PAGE_SIZE),
+                None => {
+                    // Could not tell (database error): read this batch again later.
+                    subscription = state.store.subscribe(position, PAGE_SIZE);
+                    if until_stopped(feed, tokio::time::sleep(RETRY_DELAY))
+                        .await
+                        .is_none()
+                    {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
         let Some(items) = map_until_done(&state, &events).await else {
             break;
         };
-        let through = events.last().expect("batches are never empty").cursor;
         feed.publish(items, through);
     }
     feed.subscriptions.fetch_sub(1, Ordering::Relaxed);
     tracing::info!("live feed stopped");
+}
+
+/// Checks the log's epoch (opening a new one if the database moved); if it is not the epoch
+/// of `position`, restarts the feed at the head and returns it.
+async fn moved(state: &AppState, position: Cursor) -> Option<Cursor> {
+    let epoch = match state.store.check_epoch().await {
+        Ok(check) => check.epoch,
+        Err(e) => {
+            tracing::warn!(error = %e, "live feed cannot check the log's epoch; will retry");
+            return None;
+        }
+    };
+    if epoch == position.epoch() {
+        return None;
+    }
+    let head = match state.store.head().await {
+        Ok(head) => head,
+        Err(e) => {
+            tracing::warn!(error = %e, "live feed cannot read the log's head; will retry");
+            return None;
+        }
+    };
+    tracing::warn!(
+        live.position = %position,
+        live.head = %head,
+        "the event log moved to a new epoch; the live feed starts over and closes every socket"
+    );
+    metrics::counter!("live_feed_restarts_total").increment(1);
+    state.live.restart(head);
+    Some(head)
 }
 
 /// Maps a batch, retrying until it works: skipping would leave a gap in every panel, so a

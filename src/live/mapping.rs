@@ -131,11 +131,15 @@ pub async fn items(state: &AppState, events: &[StoredEvent]) -> Result<Vec<FeedI
             Entry::Vacant(slot) => slot.insert(lead_json(state, id, detail).await?).clone(),
         };
         let Some(data) = data else {
-            tracing::warn!(
+            // The read model has processed the event but has no such lead: a bug or a
+            // damaged read model. The panel is told, so it can reload rather than miss it.
+            tracing::error!(
                 lead.id = %id,
                 event.cursor = %event.cursor,
-                "lead missing from the read model; not pushed"
+                "lead missing from the read model; pushing an ERROR instead"
             );
+            metrics::counter!("live_feed_missing_leads_total").increment(1);
+            items.push(FeedItem::Message(missing_lead(kind, event, id)));
             continue;
         };
         items.push(FeedItem::Message(message(kind, event, data)));
@@ -183,6 +187,27 @@ async fn lead_json(state: &AppState, id: Uuid, detail: bool) -> Result<Option<Va
         Ok(value) => Ok(Some(value)),
         Err(e) if e.status() == axum::http::StatusCode::NOT_FOUND => Ok(None),
         Err(e) => Err(e),
+    }
+}
+
+/// `ERROR` with `LEAD_MISSING` in place of the message `kind` that could not be built.
+fn missing_lead(kind: Kind, event: &StoredEvent, id: Uuid) -> LiveMessage {
+    let text = json!({
+        "type": "ERROR",
+        "timestamp": rfc3339(event.recorded_at),
+        "cursor": event.cursor,
+        "data": {
+            "code": "LEAD_MISSING",
+            "message": "The lead of this event is missing from the read model; reload it.",
+            "leadId": id,
+            "for": kind.as_str(),
+        },
+    })
+    .to_string();
+    LiveMessage {
+        cursor: event.cursor,
+        permission: kind.permission(),
+        text: text.into(),
     }
 }
 

@@ -19,16 +19,22 @@
 //! The client's first message, within [`AUTH_TIMEOUT`] (`WS_AUTH_TIMEOUT_MS`), is
 //! `{"type": "auth", "token": "<accessToken>", "since"?: "<cursor>"}`; the answer is
 //! `{"type": "AUTH_OK", "cursor"}`. Then, in log order, `{"type", "timestamp", "cursor",
-//! "data"}` with `type` one of `NEW_LEAD`, `LEAD_UPDATED`, `LEAD_CONVERTED`. A client keeps
-//! the `cursor` of the last message it handled (or of `AUTH_OK`) and sends it as `since` when
-//! it reconnects.
+//! "data"}` with `type` one of `NEW_LEAD`, `LEAD_UPDATED`, `LEAD_CONVERTED`, or `ERROR` (an
+//! event whose lead the read model does not have: `data` is `{"code": "LEAD_MISSING",
+//! "message", "leadId", "for"}`; the panel should reload that lead). After a `since` replay
+//! and then every [`PROGRESS_INTERVAL`] (`WS_PROGRESS_INTERVAL_MS`) while the feed moved,
+//! `{"type": "PROGRESS", "cursor"}`: the socket has dealt with everything up to there, also
+//! with events this admin may not see. A client keeps the `cursor` of the last message it
+//! handled (of any type, `AUTH_OK` included) and sends it as `since` when it reconnects.
 //!
 //! # Close codes
 //!
 //! | code | reason | when |
 //! |---|---|---|
 //! | 4401 | `AUTH_TIMEOUT`, `AUTH_REQUIRED`, `INVALID_TOKEN`, `TOKEN_EXPIRED`, `ACCOUNT_DEACTIVATED` | no or malformed auth message in time, a bad token, the token ran out while connected, the admin was deactivated or the session ended |
-//! | 4400 | `INVALID_CURSOR` | `since` is not a cursor this gateway gave out |
+//! | 4400 | `INVALID_CURSOR` | `since` is not a cursor |
+//! | 4400 | `CURSOR_STALE` | `since` is from an earlier epoch of the log (the database moved to another cluster or a standby was promoted, ADR 0008), or the feed found such a move while connected: events may have been lost or renumbered, so the panel reloads |
+//! | 4400 | `CURSOR_TOO_OLD` | `since` is more than [`MAX_REPLAY_EVENTS`] (`WS_MAX_REPLAY_EVENTS`) events behind: the panel reloads instead of replaying |
 //! | 4408 | `TOO_SLOW` | the socket fell [`CHANNEL_CAPACITY`] messages behind, or one send took longer than [`SEND_TIMEOUT`] |
 //! | 1001 | `SERVER_SHUTTING_DOWN` | the gateway is stopping |
 //! | 1011 | `INTERNAL_ERROR` | the database failed us |
@@ -70,11 +76,17 @@ pub const SEND_TIMEOUT: Duration = Duration::from_secs(2);
 /// session); changes to the admin itself are noticed at once from the admin events.
 pub const RECHECK_INTERVAL: Duration = Duration::from_secs(30);
 
+/// How often a socket gets a `PROGRESS` frame (when its cursor moved) and the feed checks
+/// the log's epoch (the default of `WS_PROGRESS_INTERVAL_MS`).
+pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(15);
+/// Most events a `since` may be behind the feed (the default of `WS_MAX_REPLAY_EVENTS`).
+pub const MAX_REPLAY_EVENTS: i64 = 10_000;
+
 /// Close codes of `/ws/admin`.
 pub mod close {
     /// Not authenticated (any more).
     pub const UNAUTHORIZED: u16 = 4401;
-    /// A malformed `since`.
+    /// A `since` that is malformed, from an earlier epoch, or too old.
     pub const BAD_REQUEST: u16 = 4400;
     /// The client does not keep up.
     pub const TOO_SLOW: u16 = 4408;

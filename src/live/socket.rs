@@ -1,4 +1,10 @@
 //! One admin connection: the auth message, the replay from `since`, then the live loop.
+//!
+//! A `since` must be of the log's current epoch (ADR 0008) and at most
+//! `WS_MAX_REPLAY_EVENTS` behind; otherwise the socket closes with 4400 and the panel
+//! reloads. `PROGRESS` frames hand the panel a newer cursor after the replay and while the
+//! feed moves, so an admin who may see none of the recent events does not replay from the
+//! same old point on every reconnect.
 
 use aggregates::admin::Permission;
 use axum::extract::State;
@@ -9,9 +15,11 @@ use eventstore::Cursor;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until, timeout};
 use tracing::Instrument;
 
+use super::feed::FeedSubscription;
 use super::mapping::{self, FeedItem};
 use super::{RECHECK_INTERVAL, SEND_TIMEOUT, close};
 use crate::auth::{AdminPrincipal, verify_access_token};
@@ -92,7 +100,16 @@ async fn session(socket: &mut WebSocket, state: &AppState) -> End {
         tracing::field::display(connection.principal.admin_id),
     );
     // Subscribe before replaying, so that nothing between the replay and the live stream is lost.
-    let (live, position) = state.live.subscribe();
+    let FeedSubscription {
+        receiver: live,
+        position,
+        restarts,
+    } = state.live.subscribe();
+    if let Some(since) = since
+        && let Err(end) = check_since(state, since, position).await
+    {
+        return end;
+    }
     let start = since.unwrap_or(position);
     let auth_ok = json!({"type": "AUTH_OK", "cursor": start}).to_string();
     if let Err(end) = send(socket, auth_ok.into()).await {
@@ -105,7 +122,41 @@ async fn session(socket: &mut WebSocket, state: &AppState) -> End {
         },
         None => position,
     };
-    connection.follow(socket, state, live, sent).await
+    if since.is_some()
+        && let Err(end) = send(socket, progress(sent)).await
+    {
+        return end;
+    }
+    connection.follow(socket, state, live, restarts, sent).await
+}
+
+/// A `since` the feed can honour: of the current epoch (an earlier one may name events
+/// that a failover lost, or sort wrongly against the new cluster's), and not so far behind
+/// that the replay would be a reload in disguise.
+async fn check_since(state: &AppState, since: Cursor, position: Cursor) -> Result<(), End> {
+    if since.epoch() != position.epoch() {
+        return Err(End::Close(close::BAD_REQUEST, "CURSOR_STALE"));
+    }
+    if since >= position {
+        return Ok(());
+    }
+    let limit = state.config.ws_max_replay_events;
+    let behind = state
+        .store
+        .count_between(since, position, limit + 1)
+        .await
+        .map_err(|e| internal(AppError::from(e)))?;
+    if behind > limit {
+        return Err(End::Close(close::BAD_REQUEST, "CURSOR_TOO_OLD"));
+    }
+    Ok(())
+}
+
+/// `{"type": "PROGRESS", "cursor"}`: everything up to `cursor` has been dealt with.
+fn progress(cursor: Cursor) -> Utf8Bytes {
+    json!({"type": "PROGRESS", "cursor": cursor})
+        .to_string()
+        .into()
 }
 
 /// Waits for the auth message and checks it: the admin, and where to start.
@@ -206,6 +257,7 @@ impl Connection {
         socket: &mut WebSocket,
         state: &AppState,
         mut live: broadcast::Receiver<FeedItem>,
+        mut restarts: watch::Receiver<u64>,
         mut sent: Cursor,
     ) -> End {
         let expires_in = (self.principal.expires_at - Utc::now())
@@ -217,10 +269,27 @@ impl Connection {
             tokio::time::interval_at(Instant::now() + RECHECK_INTERVAL, RECHECK_INTERVAL);
         let stopping = state.live.stopping();
         tokio::pin!(stopping);
+        let every = state.config.ws_progress_interval;
+        let mut progress_tick = tokio::time::interval_at(Instant::now() + every, every);
+        let mut reported = sent;
         loop {
             tokio::select! {
                 () = &mut expiry => return End::Close(close::UNAUTHORIZED, "TOKEN_EXPIRED"),
                 () = &mut stopping => return End::Close(close::GOING_AWAY, "SERVER_SHUTTING_DOWN"),
+                Ok(()) = restarts.changed() => {
+                    return End::Close(close::BAD_REQUEST, "CURSOR_STALE");
+                }
+                _ = progress_tick.tick() => {
+                    if let Some(position) = state.live.drained_position(&live) {
+                        sent = sent.max(position);
+                    }
+                    if sent > reported {
+                        reported = sent;
+                        if let Err(end) = send(socket, progress(sent)).await {
+                            return end;
+                        }
+                    }
+                }
                 _ = recheck.tick() => {
                     if let Err(end) = self.recheck(state).await {
                         return end;

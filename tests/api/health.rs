@@ -105,6 +105,7 @@ async fn metrics_show_latency_appends_projection_lag_fence_and_sockets(pool: PgP
         "projection_lag_seconds{projection=\"admins\"}",
         "eventstore_oldest_xact_age_seconds",
         "eventstore_events_held_by_fence",
+        "eventstore_prepared_xacts",
         "websocket_connections",
     ] {
         assert!(text.contains(needle), "{needle} missing from:\n{text}");

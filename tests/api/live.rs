@@ -59,8 +59,20 @@ async fn panel(app: &TestApp, token: &str, since: Option<&str>) -> (Socket, Stri
     (socket, cursor)
 }
 
-/// The next message, as JSON; panics if the socket closes or stays silent too long.
+/// The next message other than `PROGRESS`, as JSON; panics if the socket closes or stays
+/// silent too long. (`PROGRESS` frames come after a replay and periodically; the tests
+/// about them read with [`next_frame`].)
 async fn next_json(socket: &mut Socket) -> Value {
+    loop {
+        let frame = next_frame(socket).await;
+        if frame["type"] != "PROGRESS" {
+            return frame;
+        }
+    }
+}
+
+/// The next message of any type, as JSON.
+async fn next_frame(socket: &mut Socket) -> Value {
     loop {
         let message = tokio::time::timeout(PATIENCE, socket.next())
             .await
@@ -82,7 +94,7 @@ async fn assert_silent(socket: &mut Socket, quiet: Duration) {
     }
 }
 
-/// The server's close frame: (code, reason). Panics on a data message.
+/// The server's close frame: (code, reason). Panics on a data message other than `PROGRESS`.
 async fn close_of(socket: &mut Socket) -> (u16, String) {
     loop {
         let message = tokio::time::timeout(PATIENCE, socket.next())
@@ -93,6 +105,8 @@ async fn close_of(socket: &mut Socket) -> (u16, String) {
                 return (frame.code.into(), frame.reason.to_string());
             }
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            // Progress frames may come at any time.
+            Some(Ok(Message::Text(text))) if text.contains(r#""type":"PROGRESS""#) => continue,
             other => panic!("expected a close frame, got {other:?}"),
         }
     }
@@ -544,4 +558,234 @@ async fn stopping_the_gateway_closes_sockets_with_1001(pool: PgPool) {
         (1001, "SERVER_SHUTTING_DOWN".into())
     );
     stopped.await.unwrap().unwrap();
+}
+
+// ---- progress, bounds on `since`, the log's epochs, missing leads --------------------------
+
+/// Waits until the feed has dealt with everything up to `cursor`.
+async fn feed_reaches(app: &TestApp, cursor: Cursor) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let status = live_status(app).await;
+        let position: Cursor = status["cursor"].as_str().unwrap().parse().unwrap();
+        if position >= cursor {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the feed stays at {position}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Appends `n` events of an aggregate the feed does not push; the last one's cursor.
+async fn append_unpushed(pool: &PgPool, n: usize) -> Cursor {
+    let store = EventStore::new(pool.clone());
+    let events: Vec<_> = (0..n)
+        .map(|i| eventstore::NewEvent::new("Noted", "1", json!({"i": i}), Metadata::actor("test")))
+        .collect();
+    store
+        .append(
+            &eventstore::StreamId::new("note", Uuid::new_v4().to_string()),
+            0,
+            &events,
+        )
+        .await
+        .unwrap()
+        .cursor()
+        .unwrap()
+}
+
+#[sqlx::test(migrations = false)]
+async fn an_admin_who_sees_nothing_still_gets_newer_cursors_in_progress_frames(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, &[("WS_PROGRESS_INTERVAL_MS", "100")]).await;
+    let (root, _) = login(&app).await;
+    let analyst = create_admin(&app, &root, "analyst@example.com", "admin", &["analytics"]).await;
+    let (mut watcher, start) = panel(&app, &analyst, None).await;
+
+    let id = post_lead(&app, &seed_lead(1)).await;
+    let last = append_unpushed(&app.pool, 2).await;
+    feed_reaches(&app, last).await;
+    // While connected: the feed moved past events this admin may not see.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let frame = next_frame(&mut watcher).await;
+        assert_eq!(
+            frame["type"], "PROGRESS",
+            "only progress for this admin: {frame}"
+        );
+        if cursor(&frame) >= last {
+            break;
+        }
+        assert!(Instant::now() < deadline);
+    }
+
+    // Reconnecting from the old point: the replay has nothing for this admin, and says how
+    // far it went, so the next reconnect starts from there.
+    let (mut again, auth_cursor) = panel(&app, &analyst, Some(&start)).await;
+    assert_eq!(auth_cursor, start);
+    let frame = next_frame(&mut again).await;
+    assert_eq!(frame["type"], "PROGRESS", "{frame}");
+    assert!(cursor(&frame) >= last, "{frame}");
+
+    // A panel that may see the lead gets it in the replay, then the progress frame.
+    let (mut root_socket, _) = panel(&app, &root, Some(&start)).await;
+    let replayed = next_frame(&mut root_socket).await;
+    assert_eq!(replayed["data"]["id"], id);
+    let frame = next_frame(&mut root_socket).await;
+    assert_eq!(frame["type"], "PROGRESS", "{frame}");
+    assert!(cursor(&frame) >= last);
+    app.stop().await.unwrap();
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_since_too_far_behind_closes_with_4400_cursor_too_old(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, &[("WS_MAX_REPLAY_EVENTS", "5")]).await;
+    let (access, _) = login(&app).await;
+    // The login's own event is behind the feed before the start is taken.
+    feed_reaches(&app, append_unpushed(&app.pool, 1).await).await;
+    let (_socket, start) = panel(&app, &access, None).await;
+    let within = append_unpushed(&app.pool, 5).await;
+    feed_reaches(&app, within).await;
+    // Five behind: replayed.
+    let (mut socket, _) = panel(&app, &access, Some(&start)).await;
+    let frame = next_frame(&mut socket).await;
+    assert_eq!(frame["type"], "PROGRESS");
+    assert_eq!(cursor(&frame), within);
+
+    let beyond = append_unpushed(&app.pool, 1).await;
+    feed_reaches(&app, beyond).await;
+    let mut socket = connect(&app).await;
+    send_json(
+        &mut socket,
+        json!({"type": "auth", "token": access, "since": start}),
+    )
+    .await;
+    assert_eq!(close_of(&mut socket).await, (4400, "CURSOR_TOO_OLD".into()));
+    app.stop().await.unwrap();
+}
+
+#[sqlx::test(migrations = false)]
+async fn after_the_database_moves_the_feed_restarts_and_stale_cursors_close_with_4400(
+    pool: PgPool,
+) {
+    let app = TestApp::spawn_with(pool, &[("WS_PROGRESS_INTERVAL_MS", "100")]).await;
+    let (access, _) = login(&app).await;
+    let (mut connected, _) = panel(&app, &access, None).await;
+    post_lead(&app, &seed_lead(1)).await;
+    let before = next_json(&mut connected).await;
+    let stale = cursor(&before);
+
+    // What a promoted standby or a restore into another cluster looks like to the gateway:
+    // the cluster no longer matches the one the log's epoch was opened on.
+    sqlx::query(
+        "UPDATE event_log_epochs SET timeline = timeline + 1
+          WHERE epoch = (SELECT max(epoch) FROM event_log_epochs)",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        close_of(&mut connected).await,
+        (4400, "CURSOR_STALE".into())
+    );
+
+    let mut socket = connect(&app).await;
+    send_json(
+        &mut socket,
+        json!({"type": "auth", "token": access, "since": stale.to_string()}),
+    )
+    .await;
+    assert_eq!(close_of(&mut socket).await, (4400, "CURSOR_STALE".into()));
+
+    // A reloaded panel starts in the new epoch and gets new events.
+    let (mut fresh, start) = panel(&app, &access, None).await;
+    let start: Cursor = start.parse().unwrap();
+    assert!(start.epoch() > stale.epoch());
+    let id = post_lead(&app, &seed_lead(2)).await;
+    let message = next_json(&mut fresh).await;
+    assert_eq!(message["data"]["id"], id);
+    assert!(cursor(&message) > start);
+    app.stop().await.unwrap();
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_lead_missing_from_the_read_model_is_pushed_as_an_error_and_counted(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let (access, _) = login(&app).await;
+    let (mut socket, _) = panel(&app, &access, None).await;
+    // An update of a lead the read model never had (a damaged read model looks the same).
+    let ghost = Uuid::new_v4();
+    let event = aggregates::lead::LeadEvent::LeadStatusChanged {
+        from: aggregates::lead::LeadStatus::New,
+        to: aggregates::lead::LeadStatus::Contacted,
+    };
+    let appended = EventStore::new(app.pool.clone())
+        .append(
+            &eventstore::StreamId::new("lead", ghost.to_string()),
+            0,
+            &[eventstore::NewEvent::new(
+                "LeadStatusChanged",
+                "1.0",
+                serde_json::to_value(&event).unwrap(),
+                Metadata::actor("test"),
+            )],
+        )
+        .await
+        .unwrap();
+
+    let message = next_json(&mut socket).await;
+    assert_eq!(message["type"], "ERROR", "{message}");
+    assert_eq!(message["data"]["code"], "LEAD_MISSING");
+    assert_eq!(message["data"]["leadId"], ghost.to_string());
+    assert_eq!(message["data"]["for"], "LEAD_UPDATED");
+    assert_eq!(cursor(&message), appended.cursor().unwrap());
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("live_feed_missing_leads_total 1"),
+        "{metrics}"
+    );
+    app.stop().await.unwrap();
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_gateway_started_on_a_moved_database_opens_a_new_epoch_before_it_appends(pool: PgPool) {
+    let app = TestApp::spawn(pool.clone()).await;
+    let (access, _) = login(&app).await;
+    let (_, before) = panel(&app, &access, None).await;
+    let before: Cursor = before.parse().unwrap();
+    app.stop().await.unwrap();
+
+    // The database was restored into another cluster while the gateway was down.
+    sqlx::query(
+        "UPDATE event_log_epochs SET system_identifier = system_identifier + 1
+          WHERE epoch = (SELECT max(epoch) FROM event_log_epochs)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let app = TestApp::spawn(pool.clone()).await;
+    let (epoch, reason): (i64, String) =
+        sqlx::query_as("SELECT epoch, reason FROM event_log_epochs ORDER BY epoch DESC LIMIT 1")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(epoch > before.epoch());
+    assert!(reason.starts_with("cluster"), "{reason}");
+    // The first thing appended after the start (this login) is in the new epoch.
+    login(&app).await;
+    let newest: i64 = sqlx::query_scalar(
+        "SELECT epoch FROM events ORDER BY epoch DESC, transaction_id DESC LIMIT 1",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(newest, epoch);
+    app.stop().await.unwrap();
 }
