@@ -109,6 +109,11 @@ impl Mailer {
             .map(str::trim)
             .filter(|from| !from.is_empty())
             .context("MAIL_FROM must be set when SMTP_URL is (the sender of license e-mails)")?;
+        // See `display_name`: a line break in a mailbox would make every send panic.
+        anyhow::ensure!(
+            !from.chars().any(char::is_control),
+            "MAIL_FROM must not contain control characters"
+        );
         let from: Mailbox = from.parse().map_err(|e| {
             anyhow!("MAIL_FROM is not a mailbox (`Name <address>` or `address`): {e}")
         })?;
@@ -147,7 +152,7 @@ impl Mailer {
             mail.to.trim().parse().map_err(|_| {
                 MailError::Rejected("the recipient address is not an address".into())
             })?;
-        let to = Mailbox::new(Some(mail.owner_name.clone()), address);
+        let to = Mailbox::new(display_name(&mail.owner_name), address);
         let content = LicenseContent::new(mail);
         Message::builder()
             .from(self.from.clone())
@@ -190,6 +195,18 @@ fn classify(e: &smtp::Error) -> MailError {
     }
     // Network, connection and TLS errors: their sources are I/O and rustls texts.
     MailError::Unavailable(e.to_string())
+}
+
+/// A name fit for a mailbox header: control characters become spaces. lettre cannot encode a
+/// CR or LF in a display name and its header rendering then panics instead of failing, so
+/// the name is made safe here rather than trusting every caller to have refused it.
+fn display_name(name: &str) -> Option<String> {
+    let name: String = name
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let name = name.split_whitespace().collect::<Vec<_>>().join(" ");
+    (!name.is_empty()).then_some(name)
 }
 
 /// `scheme://host:port` of an SMTP URL, dropping credentials, path and query.
@@ -336,6 +353,16 @@ mod tests {
     }
 
     #[test]
+    fn display_names_lose_line_breaks_and_blank_ones_are_dropped() {
+        assert_eq!(
+            display_name("Ahmet\r\nBcc: x@y.z\t Kaya").as_deref(),
+            Some("Ahmet Bcc: x@y.z Kaya")
+        );
+        assert_eq!(display_name(" \r\n "), None);
+        assert_eq!(display_name("Şükrü Öz").as_deref(), Some("Şükrü Öz"));
+    }
+
+    #[test]
     fn the_server_description_drops_credentials_path_and_query() {
         assert_eq!(
             describe_server("smtps://user:p%40ss@mail.example.com:465/helo?x=1"),
@@ -353,6 +380,7 @@ mod tests {
         assert!(Mailer::from_config(Some("  "), None).unwrap().is_none());
         assert!(Mailer::from_config(Some("smtp://127.0.0.1:25"), None).is_err());
         assert!(Mailer::from_config(Some("smtp://127.0.0.1:25"), Some("not an address")).is_err());
+        assert!(Mailer::from_config(Some("smtp://127.0.0.1:25"), Some("A\r\nB <a@b.c>")).is_err());
         assert!(Mailer::from_config(Some("http://127.0.0.1:25"), Some("a@b.c")).is_err());
         let error = Mailer::from_config(Some("ftp://user:s3cret@h:25"), Some("a@b.c")).unwrap_err();
         assert!(!format!("{error:#}").contains("s3cret"), "{error:#}");
