@@ -11,6 +11,7 @@ pub mod embedded;
 pub mod error;
 pub mod http;
 pub mod idempotency;
+pub mod integrations;
 pub mod leads;
 pub mod live;
 pub mod metrics;
