@@ -13,6 +13,7 @@ pub mod http;
 pub mod idempotency;
 pub mod integrations;
 pub mod leads;
+pub mod licenses;
 pub mod live;
 pub mod metrics;
 pub mod migrate;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use eventstore::EventStore;
 use eventstore::sealing::Sealer;
-use projections::{Projection, ProjectionHandle, RunnerConfig};
+use projections::{Adapter, Projection, ProjectionHandle, RunnerConfig};
 use secrecy::ExposeSecret;
 use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
@@ -89,6 +89,9 @@ fn projections(sealer: &Sealer) -> Vec<Arc<dyn Projection>> {
     all.push(
         Arc::new(projections::leads::LeadsProjection::new(sealer.clone())) as Arc<dyn Projection>,
     );
+    all.push(Arc::new(Adapter(projections::plans::PlansProjection)));
+    all.push(Arc::new(Adapter(projections::licenses::LicensesProjection)));
+    all.push(Arc::new(Adapter(projections::licenses::LicenseMailProjection)));
     all
 }
 
@@ -100,6 +103,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     crate::metrics::handle();
+    // A malformed SMTP_URL / MAIL_FROM is refused before anything starts.
+    crate::integrations::mail::Mailer::from_config(
+        config.smtp_url.as_ref().map(|u| u.expose_secret()),
+        config.mail_from.as_deref(),
+    )
+    .context("SMTP_URL / MAIL_FROM")?;
     let database = Database::open(&config).await?;
     if let Err(e) = database.migrate().await {
         let _ = database.close().await;
@@ -123,9 +132,12 @@ pub async fn run(
         .collect();
     let state = AppState::new(config, database.pool.clone(), store, sealer, handles);
     let started = match crate::auth::bootstrap(&state).await {
-        Ok(()) => crate::live::start(&state)
-            .await
-            .context("starting the live feed"),
+        Ok(()) => match crate::licenses::plans::ensure_default_plans(&state).await {
+            Ok(()) => crate::live::start(&state)
+                .await
+                .context("starting the live feed"),
+            Err(e) => Err(e),
+        },
         Err(e) => Err(e.context("creating the bootstrap admin")),
     };
     if let Err(e) = started {
@@ -138,7 +150,8 @@ pub async fn run(
     }
     let address = listener.local_addr()?;
     tracing::info!(%address, embedded = database.is_embedded(), "gateway listening");
-    let housekeeping = tokio::spawn(housekeeping(state.pool.clone()));
+    let housekeeping = tokio::spawn(housekeeping(state.clone()));
+    let mail_worker = tokio::spawn(crate::licenses::mail::run_worker(state.licenses.clone()));
     let served = crate::http::server::serve(
         listener,
         crate::http::app(state.clone()),
@@ -148,6 +161,7 @@ pub async fn run(
     .await;
     tracing::info!("shutting down");
     housekeeping.abort();
+    mail_worker.abort();
     // First the feed (it waits on the projections) and with it every admin socket.
     state.live.stop().await;
     for handle in state.projections.iter() {
@@ -158,12 +172,16 @@ pub async fn run(
     served.context("serving HTTP")
 }
 
-/// Periodic clean-up of short-lived rows: expired idempotency keys.
-async fn housekeeping(pool: PgPool) {
+/// Periodic work that needs no trigger: completing lead conversions a crash left half-done
+/// (at start, then every 10 minutes) and forgetting expired idempotency keys.
+async fn housekeeping(state: AppState) {
     let mut every = tokio::time::interval(std::time::Duration::from_secs(600));
     loop {
         every.tick().await;
-        match crate::idempotency::purge_expired(&pool).await {
+        if let Err(e) = state.licenses.complete_conversions().await {
+            tracing::warn!(error = %e, "completing lead conversions failed");
+        }
+        match crate::idempotency::purge_expired(&state.pool).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(keys = n, "expired idempotency keys forgotten"),
             Err(e) => tracing::warn!(error = %e, "purging expired idempotency keys failed"),

@@ -7,6 +7,7 @@ use std::time::Duration;
 use eventstore::sealing::Sealer;
 use eventstore::{CommandHandler, Cursor, EventStore};
 use projections::{ProjectionHandle, ProjectionState};
+use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
@@ -36,6 +37,7 @@ pub struct AppState {
     /// Personal data sealing (crypto-shredding) and secrets at rest.
     pub sealer: Sealer,
     pub leads: Arc<LeadService>,
+    pub licenses: Arc<crate::licenses::LicenseService>,
     /// 10 landing submissions per minute per client IP (SPEC §3), per instance.
     pub landing_limiter: Arc<KeyedLimiter<IpAddr>>,
     /// The live admin feed (`/ws/admin`); `startup::run` starts it.
@@ -60,7 +62,28 @@ impl AppState {
             sealer.clone(),
             CommandHandler::new(store.clone(), ()),
         );
+        // `startup::run` refuses a malformed SMTP_URL before it gets here.
+        let mailer = crate::integrations::mail::Mailer::from_config(
+            config.smtp_url.as_ref().map(|u| u.expose_secret()),
+            config.mail_from.as_deref(),
+        )
+        .unwrap_or_else(|e| {
+            tracing::error!(error = %e, "SMTP_URL / MAIL_FROM unusable; no license e-mails");
+            None
+        });
+        let licenses = crate::licenses::LicenseService::new(
+            pool.clone(),
+            store.clone(),
+            sealer.clone(),
+            crate::integrations::telegram::Telegram::new(
+                &config.telegram_api_base,
+                crate::licenses::TELEGRAM_WAIT,
+            ),
+            mailer,
+            config.public_base_url.clone(),
+        );
         AppState {
+            licenses: Arc::new(licenses),
             auth: Arc::new(crate::auth::AuthRuntime::new(&config)),
             config: Arc::new(config),
             pool,

@@ -41,6 +41,7 @@ pub fn api() -> Router<AppState> {
         .merge(crate::auth::router())
         .merge(crate::leads::admin_router())
         .merge(crate::leads::landing_router())
+        .merge(crate::licenses::admin_router())
         .merge(crate::live::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

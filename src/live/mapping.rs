@@ -7,6 +7,7 @@ use std::collections::hash_map::Entry;
 
 use aggregates::admin::{self, AdminEvent, Permission};
 use aggregates::lead::LeadEvent;
+use aggregates::license::LicenseEvent;
 use axum::extract::ws::Utf8Bytes;
 use eventstore::{Cursor, StoredEvent};
 use projections::leads as read;
@@ -36,7 +37,8 @@ pub enum FeedItem {
 #[derive(Clone, Debug)]
 pub struct LiveMessage {
     pub cursor: Cursor,
-    pub permission: Permission,
+    /// Admins holding any of these receive it.
+    pub permission: &'static [Permission],
     pub text: Utf8Bytes,
 }
 
@@ -46,6 +48,8 @@ enum Kind {
     NewLead,
     LeadUpdated,
     LeadConverted,
+    LicenseCreated,
+    LicenseUpdated,
 }
 
 impl Kind {
@@ -54,13 +58,18 @@ impl Kind {
             Kind::NewLead => "NEW_LEAD",
             Kind::LeadUpdated => "LEAD_UPDATED",
             Kind::LeadConverted => "LEAD_CONVERTED",
+            Kind::LicenseCreated => "LICENSE_CREATED",
+            Kind::LicenseUpdated => "LICENSE_UPDATED",
         }
     }
 
-    /// What an admin needs to receive it.
-    fn permission(self) -> Permission {
+    /// What an admin needs to receive it: any one of these. A conversion is news for the
+    /// sales side and for the license desk alike.
+    fn permission(self) -> &'static [Permission] {
         match self {
-            Kind::NewLead | Kind::LeadUpdated | Kind::LeadConverted => Permission::Leads,
+            Kind::NewLead | Kind::LeadUpdated => &[Permission::Leads],
+            Kind::LeadConverted => &[Permission::Leads, Permission::Licenses],
+            Kind::LicenseCreated | Kind::LicenseUpdated => &[Permission::Licenses],
         }
     }
 }
@@ -68,6 +77,8 @@ impl Kind {
 /// What one event means for the feed.
 enum Meaning {
     Lead { id: Uuid, kind: Kind },
+    /// A license, pushed as `GET /v1/admin/licenses/:id` answers.
+    License { id: Uuid, kind: Kind },
     AdminChanged(Uuid),
 }
 
@@ -77,6 +88,7 @@ impl Meaning {
     fn projection(&self) -> &'static str {
         match self {
             Meaning::Lead { .. } => read::NAME,
+            Meaning::License { .. } => projections::licenses::NAME,
             Meaning::AdminChanged(_) => projections::admins::NAME,
         }
     }
@@ -123,6 +135,17 @@ pub async fn items(state: &AppState, events: &[StoredEvent]) -> Result<Vec<FeedI
                 items.push(FeedItem::AdminChanged(id));
                 continue;
             }
+            Meaning::License { id, kind } => {
+                match crate::licenses::license_detail(state, id).await {
+                    Ok(data) => items.push(FeedItem::Message(message(kind, event, data))),
+                    Err(e) if e.status() == axum::http::StatusCode::NOT_FOUND => {
+                        tracing::error!(license.id = %id, "license missing from the read model");
+                        metrics::counter!("live_feed_missing_licenses_total").increment(1);
+                    }
+                    Err(e) => return Err(e),
+                }
+                continue;
+            }
             Meaning::Lead { id, kind } => (id, kind),
         };
         let detail = kind != Kind::NewLead;
@@ -163,6 +186,13 @@ fn meaning(event: &StoredEvent) -> Option<Meaning> {
                 LeadEvent::LeadConverted { .. } => Kind::LeadConverted,
             };
             Some(Meaning::Lead { id, kind })
+        }
+        aggregates::license::AGGREGATE_TYPE => {
+            let kind = match LicenseEvent::deserialize(&event.payload).ok()? {
+                LicenseEvent::LicenseCreated { .. } => Kind::LicenseCreated,
+                _ => Kind::LicenseUpdated,
+            };
+            Some(Meaning::License { id, kind })
         }
         admin::AGGREGATE_TYPE => match AdminEvent::deserialize(&event.payload).ok()? {
             AdminEvent::AdminRoleChanged { .. }
