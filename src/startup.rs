@@ -91,7 +91,9 @@ fn projections(sealer: &Sealer) -> Vec<Arc<dyn Projection>> {
     );
     all.push(Arc::new(Adapter(projections::plans::PlansProjection)));
     all.push(Arc::new(Adapter(projections::licenses::LicensesProjection)));
-    all.push(Arc::new(Adapter(projections::licenses::LicenseMailProjection)));
+    all.push(Arc::new(Adapter(
+        projections::licenses::LicenseMailProjection,
+    )));
     all
 }
 

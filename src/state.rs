@@ -104,6 +104,13 @@ impl AppState {
         self.projections.iter().find(|p| p.name() == name)
     }
 
+    /// Waits until projection `name` includes every event committed so far: for a lookup
+    /// that found nothing and may only be early (a lead submitted a moment ago).
+    pub async fn catch_up(&self, name: &str) -> Result<(), AppError> {
+        let head = self.store.head().await?;
+        self.wait_for(name, head).await
+    }
+
     /// Waits until projection `name` includes the event at `cursor`, so the response can be
     /// read from it (read-your-writes).
     pub async fn wait_for(&self, name: &str, cursor: Cursor) -> Result<(), AppError> {

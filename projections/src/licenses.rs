@@ -573,27 +573,6 @@ pub async fn count_with_package(pool: &PgPool, slug: &str) -> Result<i64, sqlx::
         .await
 }
 
-/// The secrets of one license, still sealed: for the gateway's Telegram and mail work.
-#[derive(Clone, Debug, sqlx::FromRow)]
-pub struct LicenseSecrets {
-    pub key_sealed: String,
-    pub telegram_token_sealed: Option<String>,
-    pub webhook_secret_sealed: Option<String>,
-    pub gemini_key_sealed: Option<String>,
-}
-
-pub async fn secrets<'e>(
-    db: impl PgExecutor<'e>,
-    id: Uuid,
-) -> Result<Option<LicenseSecrets>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT key_sealed, telegram_token_sealed, webhook_secret_sealed, gemini_key_sealed FROM licenses WHERE id = $1",
-    )
-    .bind(id)
-    .fetch_optional(db)
-    .await
-}
-
 /// License owners grouped by VKN, else by company name (case- and Turkish-letter-folded).
 pub async fn customers(
     pool: &PgPool,

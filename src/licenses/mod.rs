@@ -18,8 +18,7 @@ use std::time::Duration;
 
 use aggregates::lead::{Lead, LeadCommand, LeadError, LeadStatus};
 use aggregates::license::{
-    GeminiKey, License, LicenseCommand, LicenseError, Owner, SealedText, SecretChange,
-    TelegramBot,
+    GeminiKey, License, LicenseCommand, LicenseError, Owner, SealedText, SecretChange, TelegramBot,
 };
 use chrono::Utc;
 use eventstore::sealing::Sealer;
@@ -173,7 +172,9 @@ impl LicenseService {
     ) -> Result<(String, String), AppError> {
         for _ in 0..8 {
             let key = keys::new_license_key(package, max_devices);
-            let digest = self.sealer.digest(&format!("license-key:{}", keys::normalise_key(&key)));
+            let digest = self
+                .sealer
+                .digest(&format!("license-key:{}", keys::normalise_key(&key)));
             let inserted = sqlx::query(
                 "INSERT INTO license_keys (digest, license_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
             )
@@ -196,11 +197,7 @@ impl LicenseService {
     }
 
     /// Creates the license (and converts its lead), sets up the Telegram webhook.
-    pub async fn create(
-        &self,
-        new: NewLicense,
-        metadata: &Metadata,
-    ) -> Result<Created, AppError> {
+    pub async fn create(&self, new: NewLicense, metadata: &Metadata) -> Result<Created, AppError> {
         let license_id = match new.lead_id {
             Some(lead_id) => {
                 self.convertible(lead_id).await?;
@@ -365,23 +362,21 @@ impl LicenseService {
         metadata: &Metadata,
     ) -> Result<(WebhookOutcome, Option<Cursor>), AppError> {
         let webhook_url = self.webhook_url(license_id);
-        let secrets = projections::licenses::secrets(&self.pool, license_id).await?;
-        // The read model may not have the license yet: read the secrets from the stream.
-        let (token, secret) = match secrets.and_then(|s| s.telegram_token_sealed.zip(s.webhook_secret_sealed)) {
-            Some(pair) => pair,
-            None => match self.telegram_from_stream(license_id).await? {
-                Some(bot) => (bot.token.0, bot.webhook_secret.0),
-                None => {
-                    return Err(AppError::new(
-                        axum::http::StatusCode::CONFLICT,
-                        "TELEGRAM_BOT_MISSING",
-                        "Bu lisansın Telegram botu tanımlı değil.",
-                    ));
-                }
-            },
+        // From the stream, not the read model: a PATCH that just set a new token must not
+        // race its projection.
+        let Some(bot) = self.telegram_from_stream(license_id).await? else {
+            return Err(AppError::new(
+                axum::http::StatusCode::CONFLICT,
+                "TELEGRAM_BOT_MISSING",
+                "Bu lisansın Telegram botu tanımlı değil.",
+            ));
         };
+        let (token, secret) = (bot.token.0, bot.webhook_secret.0);
         let (token, secret) = (self.open(&token)?, self.open(&secret)?);
-        let result = self.telegram.set_webhook(&token, &webhook_url, &secret).await;
+        let result = self
+            .telegram
+            .set_webhook(&token, &webhook_url, &secret)
+            .await;
         if let Err(e) = &result {
             tracing::warn!(license.id = %license_id, error = %e, "Telegram setWebhook failed");
         }
@@ -406,12 +401,17 @@ impl LicenseService {
     }
 
     /// The bot as the stream last set it (for a webhook set-up racing its projection).
-    async fn telegram_from_stream(&self, license_id: Uuid) -> Result<Option<TelegramBot>, AppError> {
+    async fn telegram_from_stream(
+        &self,
+        license_id: Uuid,
+    ) -> Result<Option<TelegramBot>, AppError> {
         let stream = CommandHandler::<License>::stream(&license_id.to_string());
         let mut bot = None;
         for stored in self.licenses.store().read_stream(&stream).await? {
             match serde_json::from_value(stored.payload) {
-                Ok(aggregates::license::LicenseEvent::LicenseCreated { telegram, .. }) => bot = telegram,
+                Ok(aggregates::license::LicenseEvent::LicenseCreated { telegram, .. }) => {
+                    bot = telegram
+                }
                 Ok(aggregates::license::LicenseEvent::LicenseUpdated {
                     telegram: Some(change),
                     ..
@@ -455,9 +455,10 @@ impl LicenseService {
         metadata: &Metadata,
     ) -> Result<(Option<Cursor>, Option<WebhookOutcome>), AppError> {
         let old_token = match secrets.telegram_bot_token {
-            Some(_) => projections::licenses::secrets(&self.pool, license_id)
+            Some(_) => self
+                .telegram_from_stream(license_id)
                 .await?
-                .and_then(|s| s.telegram_token_sealed),
+                .map(|bot| bot.token.0),
             None => None,
         };
         let gemini = secrets.gemini_api_key.map(|k| match k {
@@ -525,9 +526,11 @@ pub fn license_error(e: LicenseError) -> AppError {
             "LICENSE_NOT_FOUND",
             "Lisans bulunamadı.",
         ),
-        LicenseError::AlreadyExists => {
-            AppError::new(StatusCode::CONFLICT, "LICENSE_EXISTS", "Lisans zaten mevcut.")
-        }
+        LicenseError::AlreadyExists => AppError::new(
+            StatusCode::CONFLICT,
+            "LICENSE_EXISTS",
+            "Lisans zaten mevcut.",
+        ),
         LicenseError::Revoked => AppError::new(
             StatusCode::CONFLICT,
             "LICENSE_REVOKED",
@@ -543,9 +546,7 @@ pub fn license_error(e: LicenseError) -> AppError {
             "LICENSE_NOT_SUSPENDED",
             "Lisans askıda değil.",
         ),
-        LicenseError::Invalid(field) => {
-            AppError::validation(field, format!("{field} geçersiz"))
-        }
+        LicenseError::Invalid(field) => AppError::validation(field, format!("{field} geçersiz")),
     }
 }
 

@@ -33,6 +33,7 @@ pub fn router() -> Router<AppState> {
 /// their slugs, so instances starting together create each once.
 pub async fn ensure_default_plans(state: &AppState) -> anyhow::Result<()> {
     let handler = CommandHandler::<Plan>::new(state.store.clone(), ());
+    let mut created = None;
     for (slug, spec) in default_plans() {
         let id = plan_id_for_slug(&slug);
         match handler
@@ -43,9 +44,17 @@ pub async fn ensure_default_plans(state: &AppState) -> anyhow::Result<()> {
             )
             .await
         {
-            Ok(_) | Err(CommandError::Domain(PlanError::AlreadyExists)) => {}
+            Ok(outcome) => created = outcome.cursor().or(created),
+            Err(CommandError::Domain(PlanError::AlreadyExists)) => {}
             Err(e) => return Err(anyhow::anyhow!("creating a default plan: {e}")),
         }
+    }
+    // On a first start the log is short: let the plans be readable before the first
+    // request. Later starts created nothing and wait for nothing.
+    if let Some(cursor) = created
+        && let Err(e) = state.wait_for(read::NAME, cursor).await
+    {
+        tracing::warn!(error = %e, "default plans not yet in the read model");
     }
     Ok(())
 }
@@ -85,10 +94,15 @@ fn command_error(e: CommandError<PlanError>) -> AppError {
     }
 }
 
-async fn list_plans(State(state): State<AppState>, admin: AdminPrincipal) -> AppResult<Json<Value>> {
+async fn list_plans(
+    State(state): State<AppState>,
+    admin: AdminPrincipal,
+) -> AppResult<Json<Value>> {
     admin.require(Permission::Licenses, false)?;
     let plans = read::list(&state.pool).await?;
-    Ok(ok(json!({"plans": plans.iter().map(read::PlanRow::to_json).collect::<Vec<_>>()})))
+    Ok(ok(
+        json!({"plans": plans.iter().map(read::PlanRow::to_json).collect::<Vec<_>>()}),
+    ))
 }
 
 fn plan_id(text: &str) -> AppResult<Uuid> {
@@ -172,17 +186,32 @@ fn spec_of(body: PlanBody, current: Option<&read::PlanRow>) -> AppResult<PlanSpe
         max_devices: body.max_devices,
         monthly_token_limit: body.monthly_token_limit,
         features: body.features,
-        is_active: body.is_active.or(current.map(|c| c.is_active)).unwrap_or(true),
-        is_visible: body.is_visible.or(current.map(|c| c.is_visible)).unwrap_or(true),
-        sort_order: body.sort_order.or(current.map(|c| c.sort_order)).unwrap_or(0),
+        is_active: body
+            .is_active
+            .or(current.map(|c| c.is_active))
+            .unwrap_or(true),
+        is_visible: body
+            .is_visible
+            .or(current.map(|c| c.is_visible))
+            .unwrap_or(true),
+        sort_order: body
+            .sort_order
+            .or(current.map(|c| c.sort_order))
+            .unwrap_or(0),
     })
 }
 
-async fn respond(state: &AppState, id: Uuid, cursor: Option<eventstore::Cursor>) -> AppResult<Value> {
+async fn respond(
+    state: &AppState,
+    id: Uuid,
+    cursor: Option<eventstore::Cursor>,
+) -> AppResult<Value> {
     if let Some(cursor) = cursor {
         state.wait_for(read::NAME, cursor).await?;
     }
-    let plan = read::by_id(&state.pool, id).await?.ok_or_else(plan_not_found)?;
+    let plan = read::by_id(&state.pool, id)
+        .await?
+        .ok_or_else(plan_not_found)?;
     Ok(json!({"plan": plan.to_json()}))
 }
 
@@ -210,7 +239,10 @@ async fn create_plan(
         )
         .await
         .map_err(command_error)?;
-    Ok((StatusCode::CREATED, ok(respond(&state, id, outcome.cursor()).await?)))
+    Ok((
+        StatusCode::CREATED,
+        ok(respond(&state, id, outcome.cursor()).await?),
+    ))
 }
 
 async fn update_plan(
@@ -222,9 +254,14 @@ async fn update_plan(
 ) -> AppResult<Json<Value>> {
     admin.require(Permission::Settings, true)?;
     let id = plan_id(&id)?;
-    let current = read::by_id(&state.pool, id).await?.ok_or_else(plan_not_found)?;
+    let current = read::by_id(&state.pool, id)
+        .await?
+        .ok_or_else(plan_not_found)?;
     if body.slug.as_ref().is_some_and(|s| *s != current.slug) {
-        return Err(AppError::validation("slug", "Bir planın slug'ı değiştirilemez"));
+        return Err(AppError::validation(
+            "slug",
+            "Bir planın slug'ı değiştirilemez",
+        ));
     }
     let spec = spec_of(body, Some(&current))?;
     let outcome = CommandHandler::<Plan>::new(state.store.clone(), ())
@@ -246,11 +283,12 @@ async fn delete_plan(
 ) -> AppResult<Json<Value>> {
     admin.require(Permission::Settings, true)?;
     let id = plan_id(&id)?;
-    let current = read::by_id(&state.pool, id).await?.ok_or_else(plan_not_found)?;
+    let current = read::by_id(&state.pool, id)
+        .await?
+        .ok_or_else(plan_not_found)?;
     // Licenses are counted from the read model after it caught up with the log's head; a
     // license created in the same instant with this plan is the one race left (ADR 0009).
-    let head = state.store.head().await?;
-    state.wait_for(projections::licenses::NAME, head).await?;
+    state.catch_up(projections::licenses::NAME).await?;
     let using = projections::licenses::count_with_package(&state.pool, &current.slug).await?;
     let outcome = CommandHandler::<Plan>::new(state.store.clone(), ())
         .execute(
@@ -281,7 +319,13 @@ mod tests {
         assert_eq!(parse_amount("p", &json!(0.1)).unwrap(), 10);
         assert_eq!(parse_amount("p", &json!(29.99)).unwrap(), 2_999);
         assert_eq!(parse_amount("p", &json!(100)).unwrap(), 10_000);
-        for bad in [json!(-1), json!("1.234"), json!("abc"), json!(null), json!("1e3")] {
+        for bad in [
+            json!(-1),
+            json!("1.234"),
+            json!("abc"),
+            json!(null),
+            json!("1e3"),
+        ] {
             assert!(parse_amount("p", &bad).is_err(), "{bad}");
         }
     }

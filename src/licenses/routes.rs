@@ -30,15 +30,30 @@ use crate::state::AppState;
 
 pub fn admin_router() -> Router<AppState> {
     Router::new()
-        .route("/v1/admin/licenses", get(list_licenses).post(create_license))
-        .route("/v1/admin/licenses/{id}", get(get_license).patch(patch_license))
+        .route(
+            "/v1/admin/licenses",
+            get(list_licenses).post(create_license),
+        )
+        .route(
+            "/v1/admin/licenses/{id}",
+            get(get_license).patch(patch_license),
+        )
         .route("/v1/admin/licenses/{id}/renew", post(renew_license))
         .route("/v1/admin/licenses/{id}/suspend", post(suspend_license))
-        .route("/v1/admin/licenses/{id}/reactivate", post(reactivate_license))
+        .route(
+            "/v1/admin/licenses/{id}/reactivate",
+            post(reactivate_license),
+        )
         .route("/v1/admin/licenses/{id}/revoke", post(revoke_license))
-        .route("/v1/admin/licenses/{id}/telegram-webhook", post(retry_webhook))
+        .route(
+            "/v1/admin/licenses/{id}/telegram-webhook",
+            post(retry_webhook),
+        )
         .route("/v1/admin/licenses/{id}/resend-email", post(resend_email))
-        .route("/v1/admin/leads/{id}/convert-to-license", post(convert_lead))
+        .route(
+            "/v1/admin/leads/{id}/convert-to-license",
+            post(convert_lead),
+        )
         .route("/v1/admin/customers", get(list_customers))
         .merge(super::plans::router())
 }
@@ -101,7 +116,10 @@ fn owner_phone(raw: &str) -> AppResult<String> {
 fn person_name(field: &str, raw: &str) -> AppResult<String> {
     let name = contact::text(field, raw, 2, 100)?;
     if !aggregates::text::has_letter(&name) {
-        return Err(AppError::validation(field, format!("{field} en az bir harf içermeli")));
+        return Err(AppError::validation(
+            field,
+            format!("{field} en az bir harf içermeli"),
+        ));
     }
     Ok(name)
 }
@@ -167,9 +185,14 @@ fn bot_username(raw: &str) -> AppResult<String> {
 
 /// The plan a license takes its defaults from; it must exist and be active.
 async fn plan(state: &AppState, slug: &str) -> AppResult<projections::plans::PlanRow> {
-    projections::plans::by_slug(&state.pool, slug.trim())
-        .await?
-        .filter(|p| p.is_active)
+    let plan = match projections::plans::by_slug(&state.pool, slug.trim()).await? {
+        Some(plan) => Some(plan),
+        None => {
+            state.catch_up(projections::plans::NAME).await?;
+            projections::plans::by_slug(&state.pool, slug.trim()).await?
+        }
+    };
+    plan.filter(|p| p.is_active)
         .ok_or_else(|| AppError::validation("packageType", "Bilinmeyen veya pasif paket"))
 }
 
@@ -204,8 +227,16 @@ async fn new_license(
             .unwrap_or(u64::try_from(plan.monthly_token_limit).unwrap_or(0)),
         package: plan.slug,
         duration_months: package.duration_months,
-        gemini_api_key: package.gemini_api_key.as_deref().map(gemini_key).transpose()?,
-        telegram_bot_token: package.telegram_bot_token.as_deref().map(bot_token).transpose()?,
+        gemini_api_key: package
+            .gemini_api_key
+            .as_deref()
+            .map(gemini_key)
+            .transpose()?,
+        telegram_bot_token: package
+            .telegram_bot_token
+            .as_deref()
+            .map(bot_token)
+            .transpose()?,
         telegram_bot_username: package
             .telegram_bot_username
             .as_deref()
@@ -250,7 +281,9 @@ async fn create_and_answer(
         _ => false,
     };
     let license = if email_sent {
-        license_detail(state, created.license_id).await.unwrap_or(license)
+        license_detail(state, created.license_id)
+            .await
+            .unwrap_or(license)
     } else {
         license
     };
@@ -311,11 +344,19 @@ async fn convert_lead(
     admin.require(Permission::Leads, true)?;
     let lead_not_found = || crate::leads::lead_error(aggregates::lead::LeadError::NotFound);
     let lead_id: Uuid = id.parse().map_err(|_| lead_not_found())?;
-    let lead = projections::leads::get(&state.pool, lead_id)
-        .await?
-        .ok_or_else(lead_not_found)?;
+    let lead = match projections::leads::get(&state.pool, lead_id).await? {
+        Some(lead) => lead,
+        None => {
+            state.catch_up(projections::leads::NAME).await?;
+            projections::leads::get(&state.pool, lead_id)
+                .await?
+                .ok_or_else(lead_not_found)?
+        }
+    };
     if lead.erased {
-        return Err(crate::leads::lead_error(aggregates::lead::LeadError::Erased));
+        return Err(crate::leads::lead_error(
+            aggregates::lead::LeadError::Erased,
+        ));
     }
     let company = match body.company_name.as_deref() {
         Some(name) => contact::text("companyName", name, 2, 200)?,
@@ -409,7 +450,10 @@ async fn list_licenses(
         None | Some("desc") => true,
         Some("asc") => false,
         Some(_) => {
-            return Err(AppError::validation("sortOrder", "sortOrder asc veya desc olmalı"));
+            return Err(AppError::validation(
+                "sortOrder",
+                "sortOrder asc veya desc olmalı",
+            ));
         }
     };
     let now = Utc::now();
@@ -626,7 +670,14 @@ async fn suspend_license(
     Path(id): Path<String>,
 ) -> AppResult<Json<Value>> {
     let now = Utc::now();
-    lifecycle(&state, &admin, &context, &id, LicenseCommand::Suspend { now }).await
+    lifecycle(
+        &state,
+        &admin,
+        &context,
+        &id,
+        LicenseCommand::Suspend { now },
+    )
+    .await
 }
 
 async fn reactivate_license(
@@ -636,7 +687,14 @@ async fn reactivate_license(
     Path(id): Path<String>,
 ) -> AppResult<Json<Value>> {
     let now = Utc::now();
-    lifecycle(&state, &admin, &context, &id, LicenseCommand::Reactivate { now }).await
+    lifecycle(
+        &state,
+        &admin,
+        &context,
+        &id,
+        LicenseCommand::Reactivate { now },
+    )
+    .await
 }
 
 async fn revoke_license(
@@ -646,7 +704,14 @@ async fn revoke_license(
     Path(id): Path<String>,
 ) -> AppResult<Json<Value>> {
     let now = Utc::now();
-    lifecycle(&state, &admin, &context, &id, LicenseCommand::Revoke { now }).await
+    lifecycle(
+        &state,
+        &admin,
+        &context,
+        &id,
+        LicenseCommand::Revoke { now },
+    )
+    .await
 }
 
 async fn retry_webhook(

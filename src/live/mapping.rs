@@ -76,9 +76,15 @@ impl Kind {
 
 /// What one event means for the feed.
 enum Meaning {
-    Lead { id: Uuid, kind: Kind },
+    Lead {
+        id: Uuid,
+        kind: Kind,
+    },
     /// A license, pushed as `GET /v1/admin/licenses/:id` answers.
-    License { id: Uuid, kind: Kind },
+    License {
+        id: Uuid,
+        kind: Kind,
+    },
     AdminChanged(Uuid),
 }
 

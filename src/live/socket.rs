@@ -354,7 +354,9 @@ impl Connection {
 
 /// Whether the admin holds any of the permissions a message is pushed for.
 fn may_see(principal: &AdminPrincipal, permissions: &[Permission]) -> bool {
-    permissions.iter().any(|p| principal.permissions.contains(p))
+    permissions
+        .iter()
+        .any(|p| principal.permissions.contains(p))
 }
 
 /// One message, or the end of a client that does not take it within [`SEND_TIMEOUT`].

@@ -624,7 +624,7 @@ async fn every_submission_is_answered_with_its_own_id_that_reveals_no_lead(pool:
 }
 
 /// `pg_dump` of the test's database, as text.
-async fn dump(pool: &PgPool) -> String {
+pub async fn dump(pool: &PgPool) -> String {
     let url = crate::helpers::database_url(pool);
     let output = tokio::task::spawn_blocking(move || {
         let candidates = std::iter::once("pg_dump".to_string()).chain(

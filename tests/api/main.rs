@@ -11,4 +11,5 @@ mod health;
 mod helpers;
 mod integrations;
 mod leads;
+mod licenses;
 mod live;
