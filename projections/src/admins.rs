@@ -14,35 +14,29 @@ use sqlx::postgres::PgRow;
 use sqlx::{FromRow, PgConnection, PgExecutor, Row};
 use uuid::Uuid;
 
-use crate::{BoxFuture, Projection, ProjectionError};
+use crate::adapter::EventProjection;
+use crate::{BoxFuture, ProjectionError};
 
 /// The projection's name (its checkpoint key; `wait_for("admins", …)`).
 pub const NAME: &str = "admins";
 
-/// Projects admin events into `admin_users`.
+/// Projects admin events into `admin_users` (run it as `Adapter(AdminsProjection)`).
 pub struct AdminsProjection;
 
-impl Projection for AdminsProjection {
-    fn name(&self) -> &'static str {
-        NAME
-    }
+impl EventProjection for AdminsProjection {
+    type Event = AdminEvent;
+    type Page = ();
+    const NAME: &'static str = NAME;
+    const AGGREGATE_TYPE: &'static str = AGGREGATE_TYPE;
 
     fn apply<'a>(
         &'a self,
         tx: &'a mut PgConnection,
-        events: &'a [StoredEvent],
+        stored: &'a StoredEvent,
+        event: AdminEvent,
+        _page: &'a mut (),
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
-        Box::pin(async move {
-            for stored in events {
-                if stored.stream.aggregate_type != AGGREGATE_TYPE {
-                    continue;
-                }
-                let event: AdminEvent = serde_json::from_value(stored.payload.clone())
-                    .map_err(|e| ProjectionError::event(stored, e))?;
-                apply_one(tx, stored, event).await?;
-            }
-            Ok(())
-        })
+        Box::pin(apply_one(tx, stored, event))
     }
 }
 

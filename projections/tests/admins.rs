@@ -19,7 +19,7 @@ fn start(pool: &PgPool, store: &EventStore) -> ProjectionHandle {
         ..RunnerConfig::default()
     };
     projections::spawn(
-        Arc::new(AdminsProjection),
+        Arc::new(projections::Adapter(AdminsProjection)),
         store.clone(),
         (*pool.connect_options()).clone(),
         config,

@@ -204,7 +204,7 @@ pub fn router() -> Router<AppState> {
 
 /// Read models this module needs (admin users).
 pub fn projections() -> Vec<Arc<dyn Projection>> {
-    vec![Arc::new(AdminsProjection)]
+    vec![Arc::new(projections::Adapter(AdminsProjection))]
 }
 
 /// Creates the bootstrap super admin from the configuration when no admin exists.
