@@ -137,7 +137,20 @@ async fn check_since(state: &AppState, since: Cursor, position: Cursor) -> Resul
     if since.epoch() != position.epoch() {
         return Err(End::Close(close::BAD_REQUEST, "CURSOR_STALE"));
     }
-    if since >= position {
+    if since == position {
+        return Ok(());
+    }
+    if since > position {
+        // Another instance may be ahead of this one, but nobody is ahead of the log: a
+        // made-up cursor would otherwise silence the socket for good.
+        let head = state
+            .store
+            .head()
+            .await
+            .map_err(|e| internal(AppError::from(e)))?;
+        if since > head {
+            return Err(End::Close(close::BAD_REQUEST, "INVALID_CURSOR"));
+        }
         return Ok(());
     }
     let limit = state.config.ws_max_replay_events;

@@ -305,6 +305,26 @@ async fn a_malformed_since_closes_with_4400(pool: PgPool) {
 }
 
 #[sqlx::test(migrations = false)]
+async fn a_since_beyond_the_end_of_the_log_closes_with_4400(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let (access, _) = login(&app).await;
+    let (_, now) = panel(&app, &access, None).await;
+    // Same epoch, a transaction far in the future: no instance has given this out.
+    let parts: Vec<&str> = now.split('-').collect();
+    assert_eq!(parts.len(), 3, "{now}");
+    let tx = u64::from_str_radix(parts[1], 16).unwrap();
+    let ahead = format!("{}-{:x}-{}", parts[0], tx + 1_000_000, parts[2]);
+    let mut socket = connect(&app).await;
+    send_json(
+        &mut socket,
+        json!({"type": "auth", "token": access, "since": ahead}),
+    )
+    .await;
+    assert_eq!(close_of(&mut socket).await, (4400, "INVALID_CURSOR".into()));
+    app.stop().await.unwrap();
+}
+
+#[sqlx::test(migrations = false)]
 async fn an_expired_token_closes_with_4401(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let (access, _) = login(&app).await;
