@@ -1,5 +1,9 @@
-//! The licenses read models: the admin list and detail (`licenses`, with `license_history`),
-//! the customers view grouped from them, and the license e-mail outbox (`license_mail`).
+//! The licenses read models: the admin list and detail (`licenses`, with `license_history`
+//! and the license's `devices`), the customers view grouped from them, the row verify
+//! answers from, and the license e-mail outbox (`license_mail`).
+//!
+//! Devices are written by the same projection as their license (ADR 0010): one transaction
+//! keeps `current_devices` equal to the approved rows, and one `wait_for` covers both.
 //!
 //! Secrets stay ciphertext here (`*_sealed` columns); only their masks are plain. The
 //! gateway decrypts the license key for the admin, who hands it to the customer.
@@ -278,6 +282,91 @@ async fn apply_one(
                 .await?;
             ("webhook_configured", json!({"active": active}))
         }
+        LicenseEvent::DeviceRegistered {
+            device_id,
+            fingerprint,
+            details,
+            status,
+            master,
+            ..
+        } => {
+            sqlx::query(
+                "INSERT INTO devices (id, license_id, fingerprint, device_name, os_type, os_version,
+                     app_version, ip_address, status, is_master, last_active_at, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $11)
+                 ON CONFLICT (id) DO UPDATE SET device_name = $4, os_type = $5, os_version = $6,
+                     app_version = $7, ip_address = $8, status = $9, is_master = $10,
+                     last_active_at = $11, updated_at = $11",
+            )
+            .bind(device_id)
+            .bind(id)
+            .bind(pg_text(&fingerprint))
+            .bind(pg_text(&details.name))
+            .bind(pg_text(&details.os_type))
+            .bind(pg_text(&details.os_version))
+            .bind(pg_text(&details.app_version))
+            .bind(pg_text_opt(details.ip_address.as_deref()))
+            .bind(status.as_str())
+            .bind(master)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+            count_devices(tx, id, position).await?;
+            (
+                "device_registered",
+                json!({"deviceId": device_id, "deviceName": details.name,
+                       "status": status.as_str(), "isMaster": master}),
+            )
+        }
+        LicenseEvent::DeviceDetailsUpdated {
+            device_id, details, ..
+        } => {
+            sqlx::query(
+                "UPDATE devices SET device_name = $2, os_type = $3, os_version = $4, app_version = $5,
+                     ip_address = $6, updated_at = $7 WHERE id = $1",
+            )
+            .bind(device_id)
+            .bind(pg_text(&details.name))
+            .bind(pg_text(&details.os_type))
+            .bind(pg_text(&details.os_version))
+            .bind(pg_text(&details.app_version))
+            .bind(pg_text_opt(details.ip_address.as_deref()))
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+            (
+                "device_details_updated",
+                json!({"deviceId": device_id, "deviceName": details.name,
+                       "appVersion": details.app_version}),
+            )
+        }
+        LicenseEvent::DeviceStatusChanged {
+            device_id, status, ..
+        } => {
+            sqlx::query("UPDATE devices SET status = $2, updated_at = $3 WHERE id = $1")
+                .bind(device_id)
+                .bind(status.as_str())
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+            count_devices(tx, id, position).await?;
+            (
+                "device_status_changed",
+                json!({"deviceId": device_id, "status": status.as_str()}),
+            )
+        }
+        LicenseEvent::DeviceMasterMoved { from, to, .. } => {
+            sqlx::query(
+                "UPDATE devices SET is_master = coalesce(id = $2, false), updated_at = $3
+                  WHERE license_id = $1 AND (is_master OR id = $2)",
+            )
+            .bind(id)
+            .bind(to)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+            ("device_master_moved", json!({"from": from, "to": to}))
+        }
         LicenseEvent::LicenseEmailRequested { .. } => ("email_requested", json!({})),
         LicenseEvent::LicenseEmailSent { to, .. } => {
             touch("UPDATE licenses SET email_sent_at = $2, last_position = $3 WHERE id = $1")
@@ -286,6 +375,20 @@ async fn apply_one(
             ("email_sent", json!({"to": to}))
         }
     })
+}
+
+/// `current_devices` as the approved rows say.
+async fn count_devices(tx: &mut PgConnection, id: Uuid, position: i64) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE licenses SET last_position = $2, current_devices =
+             (SELECT count(*) FROM devices WHERE license_id = $1 AND status = 'approved')
+          WHERE id = $1",
+    )
+    .bind(id)
+    .bind(position)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }
 
 /// The license e-mail outbox: one row per mail to send, written exactly once per event in
@@ -635,4 +738,156 @@ struct LicenseRowWithGroup {
     customer: String,
     #[sqlx(flatten)]
     row: LicenseRow,
+}
+
+// ---------------------------------------------------------------------------------------
+// Devices.
+
+#[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
+pub struct DeviceRow {
+    pub id: Uuid,
+    pub license_id: Uuid,
+    pub fingerprint: String,
+    pub device_name: String,
+    pub os_type: String,
+    pub os_version: String,
+    pub app_version: String,
+    pub ip_address: Option<String>,
+    pub status: String,
+    pub is_master: bool,
+    pub last_active_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Device ids carry a readable prefix in the API (SPEC §1).
+pub fn device_id_text(id: Uuid) -> String {
+    format!("dev_{id}")
+}
+
+impl DeviceRow {
+    /// As `GET /v1/admin/licenses/:id/devices` lists it.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "id": device_id_text(self.id),
+            "licenseId": self.license_id,
+            "fingerprint": self.fingerprint,
+            "deviceName": self.device_name,
+            "osType": self.os_type,
+            "osVersion": self.os_version,
+            "appVersion": self.app_version,
+            "ipAddress": self.ip_address,
+            "isMaster": self.is_master,
+            "status": self.status,
+            "lastActiveAt": self.last_active_at.map(rfc3339),
+            "createdAt": rfc3339(self.created_at),
+        })
+    }
+}
+
+const DEVICE_COLUMNS: &str = "id, license_id, fingerprint, device_name, os_type, os_version,
+    app_version, ip_address, status, is_master, last_active_at, created_at";
+
+pub async fn devices(pool: &PgPool, license_id: Uuid) -> Result<Vec<DeviceRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {DEVICE_COLUMNS} FROM devices WHERE license_id = $1 ORDER BY created_at, id"
+    ))
+    .bind(license_id)
+    .fetch_all(pool)
+    .await
+}
+
+pub async fn device(pool: &PgPool, id: Uuid) -> Result<Option<DeviceRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {DEVICE_COLUMNS} FROM devices WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// What verify needs, in one indexed query: the license by its key's keyed digest, the
+/// device by fingerprint (if the license holds it), and the plan's features.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct VerifyRow {
+    pub license_id: Uuid,
+    pub key_sealed: String,
+    pub owner_name: String,
+    pub company_name: String,
+    pub package_type: String,
+    pub state: String,
+    pub expires_at: DateTime<Utc>,
+    pub monthly_token_limit: i64,
+    pub tokens_used_this_month: i64,
+    pub features: Option<Vec<String>>,
+    pub device_id: Option<Uuid>,
+    pub device_status: Option<String>,
+    pub is_master: Option<bool>,
+    pub device_name: Option<String>,
+    pub os_type: Option<String>,
+    pub os_version: Option<String>,
+    pub app_version: Option<String>,
+    pub ip_address: Option<String>,
+    pub last_active_at: Option<DateTime<Utc>>,
+}
+
+impl VerifyRow {
+    pub fn state(&self) -> LicenseState {
+        match self.state.as_str() {
+            "suspended" => LicenseState::Suspended,
+            "revoked" => LicenseState::Revoked,
+            _ => LicenseState::Active,
+        }
+    }
+
+    pub fn has(&self, feature: &str) -> bool {
+        self.features
+            .as_ref()
+            .is_some_and(|f| f.iter().any(|x| x == feature))
+    }
+}
+
+pub async fn for_verify(
+    pool: &PgPool,
+    key_digest: &str,
+    fingerprint: &str,
+) -> Result<Option<VerifyRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT l.id AS license_id, l.key_sealed, l.owner_name, l.company_name, l.package_type,
+                l.state, l.expires_at, l.monthly_token_limit, l.tokens_used_this_month,
+                p.features, d.id AS device_id, d.status AS device_status, d.is_master,
+                d.device_name, d.os_type, d.os_version, d.app_version, d.ip_address,
+                d.last_active_at
+           FROM licenses l
+           LEFT JOIN devices d ON d.license_id = l.id AND d.fingerprint = $2
+           LEFT JOIN plans p ON p.slug = l.package_type
+          WHERE l.key_digest = $1",
+    )
+    .bind(key_digest)
+    .bind(fingerprint)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Throttled telemetry: the device (and its license) was seen at `now`; writes only when
+/// the last record is older than a minute, so a busy desktop costs one write a minute.
+pub async fn touch_device(
+    pool: &PgPool,
+    license_id: Uuid,
+    device_id: Uuid,
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    let stale = now - chrono::Duration::minutes(1);
+    sqlx::query(
+        "WITH d AS (UPDATE devices SET last_active_at = $3
+                     WHERE id = $2 AND (last_active_at IS NULL OR last_active_at < $4))
+         UPDATE licenses SET last_active_at = $3
+          WHERE id = $1 AND (last_active_at IS NULL OR last_active_at < $4)",
+    )
+    .bind(license_id)
+    .bind(device_id)
+    .bind(now)
+    .bind(stale)
+    .execute(pool)
+    .await?;
+    Ok(())
 }

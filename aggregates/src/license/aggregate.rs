@@ -6,9 +6,10 @@ use cqrs_es::event_sink::EventSink;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    LicenseCommand, LicenseError, LicenseEvent, LicenseState, MAX_DEVICES, MAX_DURATION_MONTHS,
-    MAX_TOKEN_LIMIT, extended,
+    DeviceStatus, LicenseCommand, LicenseError, LicenseEvent, LicenseState, MAX_DEVICES,
+    MAX_DURATION_MONTHS, MAX_TOKEN_LIMIT, extended,
 };
+use uuid::Uuid;
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct License {
@@ -17,6 +18,17 @@ pub struct License {
     expires_at: Option<DateTime<Utc>>,
     has_telegram: bool,
     lead_id: Option<uuid::Uuid>,
+    max_devices: u32,
+    /// Every device the license ever saw, in order of registration.
+    devices: Vec<Device>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Device {
+    id: Uuid,
+    fingerprint: String,
+    status: DeviceStatus,
+    master: bool,
 }
 
 impl License {
@@ -34,6 +46,151 @@ impl License {
 
     pub fn has_telegram(&self) -> bool {
         self.has_telegram
+    }
+
+    /// Approved devices: the seats taken.
+    pub fn approved_devices(&self) -> usize {
+        self.devices
+            .iter()
+            .filter(|d| d.status == DeviceStatus::Approved)
+            .count()
+    }
+
+    /// The device holding `fingerprint`, released ones included: (id, status, master).
+    pub fn device_by_fingerprint(&self, fingerprint: &str) -> Option<(Uuid, DeviceStatus, bool)> {
+        self.devices
+            .iter()
+            .find(|d| d.fingerprint == fingerprint)
+            .map(|d| (d.id, d.status, d.master))
+    }
+
+    fn device(&self, id: Uuid) -> Result<&Device, LicenseError> {
+        self.devices
+            .iter()
+            .find(|d| d.id == id)
+            .ok_or(LicenseError::DeviceNotFound)
+    }
+
+    fn master(&self) -> Option<Uuid> {
+        self.devices.iter().find(|d| d.master).map(|d| d.id)
+    }
+
+    /// The master after `leaving` stops being approved: the earliest other approved device.
+    fn successor(&self, leaving: Uuid) -> Option<Uuid> {
+        self.devices
+            .iter()
+            .find(|d| d.id != leaving && d.status == DeviceStatus::Approved)
+            .map(|d| d.id)
+    }
+
+    fn decide_device(&self, command: LicenseCommand) -> Result<Vec<LicenseEvent>, LicenseError> {
+        use LicenseCommand as C;
+        use LicenseEvent as E;
+        Ok(match command {
+            C::RegisterDevice {
+                device_id,
+                fingerprint,
+                details,
+                now,
+            } => {
+                let known = self.devices.iter().find(|d| d.fingerprint == fingerprint);
+                if known.is_some_and(|d| d.status != DeviceStatus::Released) {
+                    // Two first verifies of one desktop: the second finds it registered.
+                    return Ok(vec![]);
+                }
+                let first = self.approved_devices() == 0;
+                vec![E::DeviceRegistered {
+                    device_id: known.map_or(device_id, |d| d.id),
+                    fingerprint,
+                    details,
+                    status: if first {
+                        DeviceStatus::Approved
+                    } else {
+                        DeviceStatus::Pending
+                    },
+                    master: first,
+                    at: now,
+                }]
+            }
+            C::UpdateDeviceDetails {
+                device_id,
+                details,
+                now,
+            } => {
+                self.device(device_id)?;
+                vec![E::DeviceDetailsUpdated {
+                    device_id,
+                    details,
+                    at: now,
+                }]
+            }
+            C::ReleaseDevice { device_id, now } => {
+                let device = self.device(device_id)?;
+                if device.status == DeviceStatus::Released {
+                    return Ok(vec![]);
+                }
+                let mut events = vec![E::DeviceStatusChanged {
+                    device_id,
+                    status: DeviceStatus::Released,
+                    at: now,
+                }];
+                if device.master {
+                    events.push(E::DeviceMasterMoved {
+                        from: Some(device_id),
+                        to: self.successor(device_id),
+                        at: now,
+                    });
+                }
+                events
+            }
+            C::SetDevice {
+                device_id,
+                status,
+                master,
+                now,
+            } => {
+                let device = self.device(device_id)?;
+                let new_status = status.unwrap_or(device.status);
+                let mut events = Vec::new();
+                if new_status != device.status {
+                    if new_status == DeviceStatus::Approved
+                        && self.approved_devices() >= self.max_devices as usize
+                    {
+                        return Err(LicenseError::DeviceLimitReached);
+                    }
+                    events.push(E::DeviceStatusChanged {
+                        device_id,
+                        status: new_status,
+                        at: now,
+                    });
+                }
+                let approved = new_status == DeviceStatus::Approved;
+                match master {
+                    Some(true) if !approved => return Err(LicenseError::MasterNotApproved),
+                    Some(false) if device.master && approved => {
+                        return Err(LicenseError::MasterRequired);
+                    }
+                    _ => {}
+                }
+                let current = self.master();
+                let new_master = if device.master && !approved {
+                    self.successor(device_id)
+                } else if master == Some(true) || (approved && current.is_none()) {
+                    Some(device_id)
+                } else {
+                    current
+                };
+                if new_master != current {
+                    events.push(E::DeviceMasterMoved {
+                        from: current,
+                        to: new_master,
+                        at: now,
+                    });
+                }
+                events
+            }
+            _ => unreachable!("only device commands come here"),
+        })
     }
 
     /// Exists and is not revoked: every change but the record of an e-mail needs this.
@@ -95,8 +252,22 @@ impl License {
             return Ok(vec![E::LicenseEmailSent { to, at: now }]);
         }
         self.changeable()?;
+        if matches!(
+            command,
+            C::RegisterDevice { .. }
+                | C::UpdateDeviceDetails { .. }
+                | C::SetDevice { .. }
+                | C::ReleaseDevice { .. }
+        ) {
+            return self.decide_device(command);
+        }
         Ok(match command {
-            C::Create { .. } | C::RecordEmailSent { .. } => unreachable!("handled above"),
+            C::Create { .. }
+            | C::RecordEmailSent { .. }
+            | C::RegisterDevice { .. }
+            | C::UpdateDeviceDetails { .. }
+            | C::SetDevice { .. }
+            | C::ReleaseDevice { .. } => unreachable!("handled above"),
             C::Update {
                 owner,
                 max_devices,
@@ -193,18 +364,60 @@ impl Aggregate for License {
                 expires_at,
                 telegram,
                 lead_id,
+                max_devices,
                 ..
             } => {
                 self.created = true;
+                self.max_devices = max_devices;
                 self.expires_at = Some(expires_at);
                 self.has_telegram = telegram.is_some();
                 self.lead_id = lead_id;
             }
-            LicenseEvent::LicenseUpdated { telegram, .. } => match telegram {
-                Some(SecretChange::Set(_)) => self.has_telegram = true,
-                Some(SecretChange::Removed) => self.has_telegram = false,
-                None => {}
-            },
+            LicenseEvent::LicenseUpdated {
+                telegram,
+                max_devices,
+                ..
+            } => {
+                if let Some(max) = max_devices {
+                    self.max_devices = max;
+                }
+                match telegram {
+                    Some(SecretChange::Set(_)) => self.has_telegram = true,
+                    Some(SecretChange::Removed) => self.has_telegram = false,
+                    None => {}
+                }
+            }
+            LicenseEvent::DeviceRegistered {
+                device_id,
+                fingerprint,
+                status,
+                master,
+                ..
+            } => {
+                let device = Device {
+                    id: device_id,
+                    fingerprint,
+                    status,
+                    master,
+                };
+                match self.devices.iter_mut().find(|d| d.id == device_id) {
+                    Some(known) => *known = device,
+                    None => self.devices.push(device),
+                }
+            }
+            LicenseEvent::DeviceStatusChanged {
+                device_id, status, ..
+            } => {
+                if let Some(d) = self.devices.iter_mut().find(|d| d.id == device_id) {
+                    d.status = status;
+                }
+            }
+            LicenseEvent::DeviceMasterMoved { to, .. } => {
+                for d in &mut self.devices {
+                    d.master = Some(d.id) == to;
+                }
+            }
+            LicenseEvent::DeviceDetailsUpdated { .. } => {}
             LicenseEvent::LicenseRenewed { expires_at, .. } => self.expires_at = Some(expires_at),
             LicenseEvent::LicenseSuspended { .. } => self.state = LicenseState::Suspended,
             LicenseEvent::LicenseReactivated { .. } => self.state = LicenseState::Active,

@@ -7,6 +7,10 @@
 //! [`SealedText`]; the key also comes with its keyed digest for lookups. Owner and company
 //! data are contract data kept for the legal retention period, not crypto-shredded (ADR
 //! 0008). The clock comes in every command.
+//!
+//! A license's devices live in its stream (ADR 0010): the seat limit and the one master
+//! are rules over all devices of a license, and the stream's version check makes two
+//! approvals racing for the last seat meet at one decision.
 
 mod aggregate;
 
@@ -109,6 +113,48 @@ pub fn extended(
         .checked_add_months(chrono::Months::new(months))
 }
 
+/// Where a device stands. `released` is a seat the device gave back itself; it is kept,
+/// not deleted, and the device queues as pending if it comes back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceStatus {
+    Pending,
+    Approved,
+    Blocked,
+    Released,
+}
+
+impl DeviceStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceStatus::Pending => "pending",
+            DeviceStatus::Approved => "approved",
+            DeviceStatus::Blocked => "blocked",
+            DeviceStatus::Released => "released",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "pending" => Some(DeviceStatus::Pending),
+            "approved" => Some(DeviceStatus::Approved),
+            "blocked" => Some(DeviceStatus::Blocked),
+            "released" => Some(DeviceStatus::Released),
+            _ => None,
+        }
+    }
+}
+
+/// What a desktop reports about itself on every verify; recorded when it changes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceDetails {
+    pub name: String,
+    pub os_type: String,
+    pub os_version: String,
+    pub app_version: String,
+    pub ip_address: Option<String>,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum LicenseCommand {
     Create {
@@ -158,6 +204,33 @@ pub enum LicenseCommand {
     /// The license e-mail went out.
     RecordEmailSent {
         to: String,
+        now: DateTime<Utc>,
+    },
+    /// A desktop verified with a fingerprint the license does not hold (or holds as
+    /// released): the first device of a license without an approved one is approved and
+    /// master, any other queues as pending. A fingerprint already held changes nothing.
+    RegisterDevice {
+        device_id: Uuid,
+        fingerprint: String,
+        details: DeviceDetails,
+        now: DateTime<Utc>,
+    },
+    /// The desktop reported other details than recorded.
+    UpdateDeviceDetails {
+        device_id: Uuid,
+        details: DeviceDetails,
+        now: DateTime<Utc>,
+    },
+    /// An admin's `PATCH`: only what is `Some` changes.
+    SetDevice {
+        device_id: Uuid,
+        status: Option<DeviceStatus>,
+        master: Option<bool>,
+        now: DateTime<Utc>,
+    },
+    /// The desktop gives its seat back.
+    ReleaseDevice {
+        device_id: Uuid,
         now: DateTime<Utc>,
     },
 }
@@ -215,6 +288,31 @@ pub enum LicenseEvent {
         to: String,
         at: DateTime<Utc>,
     },
+    DeviceRegistered {
+        device_id: Uuid,
+        fingerprint: String,
+        details: DeviceDetails,
+        status: DeviceStatus,
+        master: bool,
+        at: DateTime<Utc>,
+    },
+    DeviceDetailsUpdated {
+        device_id: Uuid,
+        details: DeviceDetails,
+        at: DateTime<Utc>,
+    },
+    DeviceStatusChanged {
+        device_id: Uuid,
+        status: DeviceStatus,
+        at: DateTime<Utc>,
+    },
+    /// The master flag moved from `from` to `to` (either may be none: the first master, or
+    /// the last approved device left).
+    DeviceMasterMoved {
+        from: Option<Uuid>,
+        to: Option<Uuid>,
+        at: DateTime<Utc>,
+    },
 }
 
 impl DomainEvent for LicenseEvent {
@@ -229,6 +327,10 @@ impl DomainEvent for LicenseEvent {
             LicenseEvent::LicenseWebhookConfigured { .. } => "LicenseWebhookConfigured",
             LicenseEvent::LicenseEmailRequested { .. } => "LicenseEmailRequested",
             LicenseEvent::LicenseEmailSent { .. } => "LicenseEmailSent",
+            LicenseEvent::DeviceRegistered { .. } => "DeviceRegistered",
+            LicenseEvent::DeviceDetailsUpdated { .. } => "DeviceDetailsUpdated",
+            LicenseEvent::DeviceStatusChanged { .. } => "DeviceStatusChanged",
+            LicenseEvent::DeviceMasterMoved { .. } => "DeviceMasterMoved",
         }
         .to_string()
     }
@@ -252,4 +354,12 @@ pub enum LicenseError {
     NotSuspended,
     #[error("invalid {0}")]
     Invalid(&'static str),
+    #[error("device not found")]
+    DeviceNotFound,
+    #[error("every seat of the license is taken")]
+    DeviceLimitReached,
+    #[error("only an approved device can be master")]
+    MasterNotApproved,
+    #[error("the master flag moves by making another device master")]
+    MasterRequired,
 }
