@@ -9,6 +9,7 @@
 //! the two is completed by [`LicenseService::complete_conversions`] at start and every few
 //! minutes.
 
+pub mod devices;
 pub mod keys;
 pub mod mail;
 pub mod plans;
@@ -102,6 +103,8 @@ pub struct LicenseService {
     public_base_url: String,
     /// Wakes the mail worker when a license e-mail was queued.
     pub mail_wakeup: tokio::sync::Notify,
+    /// Failed verifies per client network (brute-forcing keys).
+    pub verify_failures: crate::ratelimit::KeyedLimiter<std::net::IpAddr>,
 }
 
 impl LicenseService {
@@ -122,6 +125,7 @@ impl LicenseService {
             mailer,
             public_base_url,
             mail_wakeup: tokio::sync::Notify::new(),
+            verify_failures: devices::failure_limiter(),
         }
     }
 
@@ -547,6 +551,19 @@ pub fn license_error(e: LicenseError) -> AppError {
             "Lisans askıda değil.",
         ),
         LicenseError::Invalid(field) => AppError::validation(field, format!("{field} geçersiz")),
+        LicenseError::DeviceNotFound => devices::device_not_found(),
+        LicenseError::DeviceLimitReached => AppError::new(
+            StatusCode::CONFLICT,
+            "DEVICE_LIMIT_REACHED",
+            "Lisansın cihaz sınırına ulaşıldı; önce başka bir cihazı engelleyin veya bekletin.",
+        ),
+        LicenseError::MasterNotApproved => {
+            AppError::validation("isMaster", "Yalnızca onaylı bir cihaz ana cihaz olabilir")
+        }
+        LicenseError::MasterRequired => AppError::validation(
+            "isMaster",
+            "Ana cihaz, başka bir cihaz ana cihaz yapılarak değiştirilir",
+        ),
     }
 }
 

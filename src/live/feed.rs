@@ -41,6 +41,8 @@ pub struct LiveFeed {
     /// Bumped (under the position lock) when the feed restarts in a new epoch of the log;
     /// sockets that subscribed before close with `CURSOR_STALE`.
     restarts: watch::Sender<u64>,
+    /// The desktops' sockets on this instance (`/ws/device`).
+    pub devices: super::DeviceHub,
 }
 
 /// A socket's view of the feed, taken at one instant under the position lock.
@@ -72,6 +74,7 @@ impl LiveFeed {
             task: Mutex::new(None),
             subscriptions: AtomicUsize::new(0),
             restarts: watch::Sender::new(0),
+            devices: super::DeviceHub::default(),
         }
     }
 

@@ -30,6 +30,17 @@ pub enum FeedItem {
     /// This admin's account changed (role, permissions, deactivation, password): their
     /// sockets re-check the token now rather than at the next periodic check. Never sent.
     AdminChanged(Uuid),
+    /// For the desktops of one license (`/ws/device`); admin sockets skip it.
+    Device(DeviceMessage),
+}
+
+/// A notice to the desktop sockets of `license_id`: all of them, or only `device_id`'s.
+#[derive(Clone, Debug)]
+pub struct DeviceMessage {
+    pub cursor: Cursor,
+    pub license_id: Uuid,
+    pub device_id: Option<Uuid>,
+    pub text: Utf8Bytes,
 }
 
 /// One message for the panels, serialised once for all sockets (cloning is a reference
@@ -50,6 +61,8 @@ enum Kind {
     LeadConverted,
     LicenseCreated,
     LicenseUpdated,
+    NewDevicePending,
+    DeviceStatusChanged,
 }
 
 impl Kind {
@@ -60,6 +73,8 @@ impl Kind {
             Kind::LeadConverted => "LEAD_CONVERTED",
             Kind::LicenseCreated => "LICENSE_CREATED",
             Kind::LicenseUpdated => "LICENSE_UPDATED",
+            Kind::NewDevicePending => "NEW_DEVICE_PENDING",
+            Kind::DeviceStatusChanged => "DEVICE_STATUS_CHANGED",
         }
     }
 
@@ -69,7 +84,10 @@ impl Kind {
         match self {
             Kind::NewLead | Kind::LeadUpdated => &[Permission::Leads],
             Kind::LeadConverted => &[Permission::Leads, Permission::Licenses],
-            Kind::LicenseCreated | Kind::LicenseUpdated => &[Permission::Licenses],
+            Kind::LicenseCreated
+            | Kind::LicenseUpdated
+            | Kind::NewDevicePending
+            | Kind::DeviceStatusChanged => &[Permission::Licenses],
         }
     }
 }
@@ -86,6 +104,15 @@ enum Meaning {
         kind: Kind,
     },
     AdminChanged(Uuid),
+    /// A device of a license: to the admins (`NEW_DEVICE_PENDING` or
+    /// `DEVICE_STATUS_CHANGED`) and, for a status change, to that desktop.
+    Device {
+        license: Uuid,
+        device: Uuid,
+        kind: Kind,
+    },
+    /// The license changed in a way its desktops care about (`LICENSE_UPDATED`).
+    LicenseToDesktops(Uuid),
 }
 
 impl Meaning {
@@ -94,7 +121,9 @@ impl Meaning {
     fn projection(&self) -> &'static str {
         match self {
             Meaning::Lead { .. } => read::NAME,
-            Meaning::License { .. } => projections::licenses::NAME,
+            Meaning::License { .. } | Meaning::Device { .. } | Meaning::LicenseToDesktops(_) => {
+                projections::licenses::NAME
+            }
             Meaning::AdminChanged(_) => projections::admins::NAME,
         }
     }
@@ -105,7 +134,7 @@ impl Meaning {
 pub async fn items(state: &AppState, events: &[StoredEvent]) -> Result<Vec<FeedItem>, AppError> {
     let meanings: Vec<(&StoredEvent, Meaning)> = events
         .iter()
-        .filter_map(|event| meaning(event).map(|m| (event, m)))
+        .flat_map(|event| meaning(event).into_iter().map(move |m| (event, m)))
         .collect();
     let mut waits: HashMap<&'static str, Cursor> = HashMap::new();
     for (event, meaning) in &meanings {
@@ -139,6 +168,32 @@ pub async fn items(state: &AppState, events: &[StoredEvent]) -> Result<Vec<FeedI
         let (id, kind) = match meaning {
             Meaning::AdminChanged(id) => {
                 items.push(FeedItem::AdminChanged(id));
+                continue;
+            }
+            Meaning::Device {
+                license,
+                device,
+                kind,
+            } => {
+                items.extend(device_items(state, event, license, device, kind).await?);
+                continue;
+            }
+            Meaning::LicenseToDesktops(id) => {
+                if let Some(row) = projections::licenses::get(&state.pool, id).await? {
+                    let now = chrono::Utc::now();
+                    let data = json!({"license": {
+                        "status": row.status(now),
+                        "expiresAt": rfc3339(row.expires_at),
+                        "daysRemaining": crate::licenses::devices::days_remaining(row.expires_at, now),
+                        "packageType": row.package_type,
+                    }});
+                    items.push(FeedItem::Device(DeviceMessage {
+                        cursor: event.cursor,
+                        license_id: id,
+                        device_id: None,
+                        text: frame(Kind::LicenseUpdated, event, data).into(),
+                    }));
+                }
                 continue;
             }
             Meaning::License { id, kind } => {
@@ -178,8 +233,13 @@ pub async fn items(state: &AppState, events: &[StoredEvent]) -> Result<Vec<FeedI
 
 /// Which events are pushed, and as what. Other aggregates (and events that cannot be
 /// decoded, which the projections refuse loudly anyway) push nothing.
-fn meaning(event: &StoredEvent) -> Option<Meaning> {
+fn meaning(event: &StoredEvent) -> Vec<Meaning> {
+    meanings(event).unwrap_or_default()
+}
+
+fn meanings(event: &StoredEvent) -> Option<Vec<Meaning>> {
     let id: Uuid = event.stream.aggregate_id.parse().ok()?;
+    let one = |m: Meaning| Some(vec![m]);
     match event.stream.aggregate_type.as_str() {
         LEAD => {
             let kind = match LeadEvent::deserialize(&event.payload).ok()? {
@@ -191,20 +251,53 @@ fn meaning(event: &StoredEvent) -> Option<Meaning> {
                 | LeadEvent::LeadErased => Kind::LeadUpdated,
                 LeadEvent::LeadConverted { .. } => Kind::LeadConverted,
             };
-            Some(Meaning::Lead { id, kind })
+            one(Meaning::Lead { id, kind })
         }
         aggregates::license::AGGREGATE_TYPE => {
-            let kind = match LicenseEvent::deserialize(&event.payload).ok()? {
-                LicenseEvent::LicenseCreated { .. } => Kind::LicenseCreated,
-                _ => Kind::LicenseUpdated,
+            let device = |device: Uuid, kind: Kind| Meaning::Device {
+                license: id,
+                device,
+                kind,
             };
-            Some(Meaning::License { id, kind })
+            let license = |kind: Kind| Meaning::License { id, kind };
+            Some(match LicenseEvent::deserialize(&event.payload).ok()? {
+                LicenseEvent::LicenseCreated { .. } => vec![license(Kind::LicenseCreated)],
+                LicenseEvent::DeviceRegistered {
+                    device_id, status, ..
+                } => match status {
+                    aggregates::license::DeviceStatus::Pending => {
+                        vec![device(device_id, Kind::NewDevicePending)]
+                    }
+                    _ => vec![device(device_id, Kind::DeviceStatusChanged)],
+                },
+                LicenseEvent::DeviceStatusChanged { device_id, .. } => {
+                    vec![device(device_id, Kind::DeviceStatusChanged)]
+                }
+                LicenseEvent::DeviceMasterMoved { from, to, .. } => from
+                    .into_iter()
+                    .chain(to)
+                    .map(|d| device(d, Kind::DeviceStatusChanged))
+                    .collect(),
+                // Telemetry-like details are shown on the device list, not pushed.
+                LicenseEvent::DeviceDetailsUpdated { .. } => vec![],
+                LicenseEvent::LicenseUpdated { .. }
+                | LicenseEvent::LicenseRenewed { .. }
+                | LicenseEvent::LicenseSuspended { .. }
+                | LicenseEvent::LicenseReactivated { .. }
+                | LicenseEvent::LicenseRevoked { .. } => vec![
+                    license(Kind::LicenseUpdated),
+                    Meaning::LicenseToDesktops(id),
+                ],
+                LicenseEvent::LicenseWebhookConfigured { .. }
+                | LicenseEvent::LicenseEmailRequested { .. }
+                | LicenseEvent::LicenseEmailSent { .. } => vec![license(Kind::LicenseUpdated)],
+            })
         }
         admin::AGGREGATE_TYPE => match AdminEvent::deserialize(&event.payload).ok()? {
             AdminEvent::AdminRoleChanged { .. }
             | AdminEvent::AdminDeactivated { .. }
             | AdminEvent::AdminReactivated { .. }
-            | AdminEvent::AdminPasswordChanged { .. } => Some(Meaning::AdminChanged(id)),
+            | AdminEvent::AdminPasswordChanged { .. } => one(Meaning::AdminChanged(id)),
             AdminEvent::AdminCreated { .. }
             | AdminEvent::AdminRenamed { .. }
             | AdminEvent::AdminLoggedIn { .. } => None,
@@ -247,14 +340,59 @@ fn missing_lead(kind: Kind, event: &StoredEvent, id: Uuid) -> LiveMessage {
     }
 }
 
-fn message(kind: Kind, event: &StoredEvent, data: Value) -> LiveMessage {
-    let text = json!({
+/// The admin message and the desktop notice of a device event.
+async fn device_items(
+    state: &AppState,
+    event: &StoredEvent,
+    license: Uuid,
+    device: Uuid,
+    kind: Kind,
+) -> Result<Vec<FeedItem>, AppError> {
+    let Some(row) = projections::licenses::device(&state.pool, device).await? else {
+        tracing::error!(device.id = %device, "device missing from the read model");
+        metrics::counter!("live_feed_missing_devices_total").increment(1);
+        return Ok(vec![]);
+    };
+    let data = if kind == Kind::NewDevicePending {
+        let Some(owner) = projections::licenses::get(&state.pool, license).await? else {
+            return Ok(vec![]);
+        };
+        json!({
+            "license": {"id": license, "key": state.licenses.open(&owner.key_sealed)?, "ownerName": owner.owner_name},
+            "device": {"id": projections::licenses::device_id_text(device), "name": row.device_name, "os": row.os_type},
+        })
+    } else {
+        row.to_json()
+    };
+    let mut items = vec![FeedItem::Message(message(kind, event, data))];
+    if kind == Kind::DeviceStatusChanged {
+        let notice = json!({"device": {
+            "id": projections::licenses::device_id_text(device),
+            "status": row.status,
+            "isMaster": row.is_master,
+        }});
+        items.push(FeedItem::Device(DeviceMessage {
+            cursor: event.cursor,
+            license_id: license,
+            device_id: Some(device),
+            text: frame(kind, event, notice).into(),
+        }));
+    }
+    Ok(items)
+}
+
+fn frame(kind: Kind, event: &StoredEvent, data: Value) -> String {
+    json!({
         "type": kind.as_str(),
         "timestamp": rfc3339(event.recorded_at),
         "cursor": event.cursor,
         "data": data,
     })
-    .to_string();
+    .to_string()
+}
+
+fn message(kind: Kind, event: &StoredEvent, data: Value) -> LiveMessage {
+    let text = frame(kind, event, data);
     LiveMessage {
         cursor: event.cursor,
         permission: kind.permission(),

@@ -10,6 +10,8 @@
 //! * [`mapping`]: event → message. Lead data is read from the `leads` read model after that
 //!   projection has processed the event, so it reflects the event (and shows `[silindi]`
 //!   once a lead is erased). Each message says which permission it needs.
+//! * [`device`]: `GET /ws/device`, the desktops' sockets, fed from the same channel
+//!   ([`FeedItem::Device`] items, which admin sockets skip).
 //! * `socket`: one task per connection: the auth message, the optional replay from
 //!   `since`, then the live loop, which filters by the admin's permissions and drops the
 //!   socket rather than wait for it.
@@ -51,6 +53,7 @@
 //! event at or below `P` is visible to the replay, so nothing is missed and nothing is sent
 //! twice; a `since` ahead of this instance (another instance gave it out) just skips.
 
+pub mod device;
 pub mod feed;
 pub mod mapping;
 mod socket;
@@ -60,8 +63,9 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::get;
 
+pub use device::DeviceHub;
 pub use feed::{LiveFeed, LiveStatus, start};
-pub use mapping::{FeedItem, LiveMessage};
+pub use mapping::{DeviceMessage, FeedItem, LiveMessage};
 
 use crate::state::AppState;
 
@@ -94,8 +98,10 @@ pub mod close {
     pub const INTERNAL_ERROR: u16 = axum::extract::ws::close_code::ERROR;
 }
 
-/// `GET /ws/admin`. No `X-Admin-Secret` (browsers cannot set headers on a WebSocket): the
+/// `GET /ws/admin` and `GET /ws/device` ([`device`]). No `X-Admin-Secret` (browsers cannot set headers on a WebSocket): the
 /// auth message is the authentication.
 pub fn router() -> Router<AppState> {
-    Router::new().route("/ws/admin", get(socket::upgrade))
+    Router::new()
+        .route("/ws/admin", get(socket::upgrade))
+        .route("/ws/device", get(device::upgrade))
 }

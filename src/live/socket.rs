@@ -325,6 +325,8 @@ impl Connection {
                             }
                         }
                     }
+                    // For desktops (`/ws/device`), never for panels.
+                    Ok(FeedItem::Device(_)) => {}
                     Ok(FeedItem::AdminChanged(id)) => {
                         if id == self.principal.admin_id
                             && let Err(end) = self.recheck(state).await

@@ -3,6 +3,7 @@
 
 mod admin_auth;
 mod cli;
+mod devices;
 mod embedded;
 mod envelope;
 mod fakes;

@@ -1,0 +1,568 @@
+//! The desktop's side of a license (SPEC §5, seed 002 §4) and the admin's device routes
+//! (SPEC §4 "Devices", seed 001 "Cihaz Yönetimi").
+//!
+//! Verify is the hot path: one indexed query over the `licenses` read model (license by the
+//! key's keyed digest, device by fingerprint, plan features) answers it; a write happens
+//! only for a new device, changed details (events) or stale `lastActiveAt` (a throttled
+//! plain UPDATE). Because every instance reads the same read model, a revoke, suspension or
+//! block that answered its admin (after `wait_for`) is seen by the next verify anywhere.
+//!
+//! Keys cannot be brute-forced: failed lookups count per client network
+//! ([`VERIFY_FAILURES_PER_MINUTE`]) and a malformed key answers exactly like an unknown one.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use aggregates::admin::Permission;
+use aggregates::license::{DeviceDetails, DeviceStatus, LicenseCommand, LicenseError};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Datelike, TimeZone, Utc};
+use eventstore::Metadata;
+use projections::licenses::{self as read, VerifyRow};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::{keys, license_error};
+use crate::auth::AdminPrincipal;
+use crate::error::{AppError, AppResult};
+use crate::http::context::RequestContext;
+use crate::http::extract::AppJson;
+use crate::leads::contact;
+use crate::ratelimit::KeyedLimiter;
+use crate::state::AppState;
+
+/// Failed verifies (unknown or malformed key) a client network may make per minute.
+pub const VERIFY_FAILURES_PER_MINUTE: u32 = 20;
+/// How long an admin's device change waits for a connected desktop to receive it.
+const NOTIFY_WAIT: Duration = Duration::from_secs(2);
+/// The message a pending device shows (seed 002 §4).
+pub const PENDING_MESSAGE: &str =
+    "Bu cihaz onay bekliyor. Admin onayladıktan sonra kullanabilirsiniz.";
+
+/// The per-network counter of failed verifies (per instance).
+pub fn failure_limiter() -> KeyedLimiter<IpAddr> {
+    KeyedLimiter::new(VERIFY_FAILURES_PER_MINUTE, Duration::from_secs(60))
+}
+
+pub fn desktop_router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/licenses/verify", post(verify))
+        .route("/v1/licenses/devices/release", post(release))
+}
+
+pub fn admin_router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/admin/licenses/{id}/devices", get(list_devices))
+        .route(
+            "/v1/admin/licenses/{id}/devices/{device}",
+            axum::routing::patch(patch_device),
+        )
+}
+
+fn ok(data: Value) -> Json<Value> {
+    Json(json!({"success": true, "data": data}))
+}
+
+// ---- desktop errors (checked in this order, SPEC §5) ------------------------------------
+
+pub fn not_found() -> AppError {
+    AppError::new(
+        StatusCode::UNAUTHORIZED,
+        "LICENSE_NOT_FOUND",
+        "Geçersiz veya bulunamayan lisans anahtarı.",
+    )
+}
+
+fn revoked() -> AppError {
+    AppError::new(
+        StatusCode::FORBIDDEN,
+        "LICENSE_REVOKED",
+        "Lisansınız iptal edilmiş. Bilgi için bizimle iletişime geçin.",
+    )
+}
+
+fn suspended() -> AppError {
+    AppError::new(
+        StatusCode::FORBIDDEN,
+        "LICENSE_SUSPENDED",
+        "Lisansınız askıya alınmış. Bilgi için bizimle iletişime geçin.",
+    )
+}
+
+fn expired(at: DateTime<Utc>) -> AppError {
+    AppError::new(
+        StatusCode::FORBIDDEN,
+        "LICENSE_EXPIRED",
+        "Lisansınız sona ermiş. Yenilemek için bizimle iletişime geçin.",
+    )
+    .with("expiredAt", crate::time::rfc3339(at))
+}
+
+fn blocked() -> AppError {
+    AppError::new(
+        StatusCode::FORBIDDEN,
+        "DEVICE_BLOCKED",
+        "Bu cihaz engellenmiş. Bilgi için bizimle iletişime geçin.",
+    )
+}
+
+pub fn device_not_found() -> AppError {
+    AppError::new(
+        StatusCode::NOT_FOUND,
+        "DEVICE_NOT_FOUND",
+        "Cihaz bulunamadı.",
+    )
+}
+
+/// License errors a desktop command can meet, in the desktop's vocabulary.
+fn desktop_error(e: AppError) -> AppError {
+    match e.code() {
+        "LICENSE_REVOKED" => revoked(),
+        "LICENSE_NOT_FOUND" => not_found(),
+        _ => e,
+    }
+}
+
+// ---- input --------------------------------------------------------------------------------
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+}
+
+/// 64 hex characters, lower-cased.
+pub fn fingerprint(field: &str, raw: &str) -> AppResult<String> {
+    let value = raw.trim();
+    if value.len() != 64 || !value.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(AppError::validation(
+            field,
+            format!("{field} 64 onaltılık (hex) karakter olmalı"),
+        ));
+    }
+    Ok(value.to_ascii_lowercase())
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct VerifyBody {
+    fingerprint: Option<String>,
+    device_name: Option<String>,
+    os_type: Option<String>,
+    os_version: Option<String>,
+    app_version: Option<String>,
+}
+
+fn required(field: &str, value: Option<&str>, max: usize) -> AppResult<String> {
+    match value {
+        Some(v) => contact::text(field, v, 1, max),
+        None => Err(AppError::validation(field, format!("{field} zorunludur"))),
+    }
+}
+
+/// The body checked against itself and the headers: (fingerprint, details).
+fn verify_input(
+    headers: &HeaderMap,
+    body: &VerifyBody,
+    ip: IpAddr,
+) -> AppResult<(String, DeviceDetails)> {
+    let print = match body.fingerprint.as_deref() {
+        Some(f) => fingerprint("fingerprint", f)?,
+        None => {
+            return Err(AppError::validation(
+                "fingerprint",
+                "fingerprint zorunludur",
+            ));
+        }
+    };
+    if let Some(h) = header(headers, "x-device-fingerprint")
+        && fingerprint("X-Device-Fingerprint", h)? != print
+    {
+        return Err(AppError::validation(
+            "fingerprint",
+            "fingerprint X-Device-Fingerprint başlığıyla aynı olmalı",
+        ));
+    }
+    let details = DeviceDetails {
+        name: required("deviceName", body.device_name.as_deref(), 100)?,
+        os_type: required("osType", body.os_type.as_deref(), 50)?,
+        os_version: required("osVersion", body.os_version.as_deref(), 100)?,
+        app_version: required("appVersion", body.app_version.as_deref(), 50)?,
+        ip_address: Some(ip.to_string()),
+    };
+    if let Some(h) = header(headers, "x-app-version")
+        && h != details.app_version
+    {
+        return Err(AppError::validation(
+            "appVersion",
+            "appVersion X-App-Version başlığıyla aynı olmalı",
+        ));
+    }
+    Ok((print, details))
+}
+
+/// The license and device behind the request's key, or `LICENSE_NOT_FOUND` (counted as a
+/// failure of the client's network). `key` is the normalised key.
+async fn lookup(
+    state: &AppState,
+    headers: &HeaderMap,
+    fingerprint: &str,
+    limiter_key: IpAddr,
+) -> AppResult<(String, VerifyRow)> {
+    let key = header(headers, "x-license-key")
+        .filter(|k| keys::looks_like_key(k))
+        .map(keys::normalise_key);
+    let row = match &key {
+        Some(key) => {
+            read::for_verify(&state.pool, &state.licenses.key_digest(key), fingerprint).await?
+        }
+        None => None,
+    };
+    match (key, row) {
+        (Some(key), Some(row)) => Ok((key, row)),
+        _ => {
+            state
+                .licenses
+                .verify_failures
+                .record(&limiter_key, Instant::now());
+            Err(not_found())
+        }
+    }
+}
+
+/// Revoked, suspended, expired, in this order.
+fn check_license(row: &VerifyRow, now: DateTime<Utc>) -> AppResult<()> {
+    match row.state() {
+        aggregates::license::LicenseState::Revoked => Err(revoked()),
+        aggregates::license::LicenseState::Suspended => Err(suspended()),
+        _ if row.expires_at <= now => Err(expired(row.expires_at)),
+        _ => Ok(()),
+    }
+}
+
+/// 00:00 UTC on the first of the next month.
+pub fn reset_date(now: DateTime<Utc>) -> DateTime<Utc> {
+    let (year, month) = if now.month() == 12 {
+        (now.year() + 1, 1)
+    } else {
+        (now.year(), now.month() + 1)
+    };
+    Utc.with_ymd_and_hms(year, month, 1, 0, 0, 0)
+        .single()
+        .unwrap_or(now)
+}
+
+/// Whole days left, a started day counting as one.
+pub fn days_remaining(expires_at: DateTime<Utc>, now: DateTime<Utc>) -> i64 {
+    let seconds = (expires_at - now).num_seconds().max(0);
+    (seconds + 86_399) / 86_400
+}
+
+fn verify_answer(key: &str, row: &VerifyRow, now: DateTime<Utc>) -> Value {
+    let status = row.device_status.as_deref().unwrap_or("pending");
+    let approved = status == "approved";
+    let mut device = json!({
+        "id": row.device_id.map(read::device_id_text),
+        "status": status,
+        "isMaster": row.is_master.unwrap_or(false),
+    });
+    if !approved {
+        device["message"] = PENDING_MESSAGE.into();
+    }
+    let (usage, features) = if approved {
+        let limit = row.monthly_token_limit;
+        let used = row.tokens_used_this_month;
+        (
+            json!({
+                "tokensUsed": used,
+                "tokensLimit": limit,
+                "tokensRemaining": (limit - used).max(0),
+                "resetDate": crate::time::rfc3339(reset_date(now)),
+            }),
+            json!({
+                "documentAnalysis": row.has("documentAnalysis"),
+                "telegramIntegration": row.has("telegramIntegration"),
+                "multiDevice": row.has("multiDevice"),
+                "prioritySupport": row.has("prioritySupport"),
+            }),
+        )
+    } else {
+        (Value::Null, Value::Null)
+    };
+    json!({
+        "valid": true,
+        "license": {
+            "key": key,
+            "ownerName": row.owner_name,
+            "companyName": row.company_name,
+            "packageType": row.package_type,
+            "expiresAt": crate::time::rfc3339(row.expires_at),
+            "daysRemaining": days_remaining(row.expires_at, now),
+        },
+        "device": device,
+        "usage": usage,
+        "features": features,
+        // ISSUE 12 MERGE POINT: the signed offline certificate (src/licenses/certificate.rs,
+        // `Certifier`) goes here for an approved device; null until the lead merges it.
+        "certificate": Value::Null,
+    })
+}
+
+fn desktop_metadata(context: &RequestContext, fingerprint: &str) -> Metadata {
+    context.metadata(format!("device:{}", &fingerprint[..16]))
+}
+
+/// `POST /v1/licenses/verify`.
+async fn verify(
+    State(state): State<AppState>,
+    context: RequestContext,
+    headers: HeaderMap,
+    AppJson(body): AppJson<VerifyBody>,
+) -> AppResult<Json<Value>> {
+    let limiter_key = crate::http::client_ip::rate_key(context.ip);
+    state
+        .licenses
+        .verify_failures
+        .peek(&limiter_key, Instant::now())
+        .map_err(AppError::rate_limited)?;
+    let (print, details) = verify_input(&headers, &body, context.ip)?;
+    let (key, mut row) = lookup(&state, &headers, &print, limiter_key).await?;
+    let now = Utc::now();
+    check_license(&row, now)?;
+    let metadata = desktop_metadata(&context, &print);
+    match (row.device_id, row.device_status.as_deref()) {
+        (_, Some("blocked")) => return Err(blocked()),
+        (Some(device_id), Some("pending" | "approved")) => {
+            let known = DeviceDetails {
+                name: row.device_name.clone().unwrap_or_default(),
+                os_type: row.os_type.clone().unwrap_or_default(),
+                os_version: row.os_version.clone().unwrap_or_default(),
+                app_version: row.app_version.clone().unwrap_or_default(),
+                ip_address: row.ip_address.clone(),
+            };
+            if known != details {
+                state
+                    .licenses
+                    .execute(
+                        row.license_id,
+                        LicenseCommand::UpdateDeviceDetails {
+                            device_id,
+                            details,
+                            now,
+                        },
+                        &metadata,
+                    )
+                    .await
+                    .map_err(desktop_error)?;
+            }
+            if row
+                .last_active_at
+                .is_none_or(|at| at < now - chrono::Duration::minutes(1))
+            {
+                read::touch_device(&state.pool, row.license_id, device_id, now).await?;
+            }
+        }
+        // Unknown here, or released: registers (first device approved and master).
+        _ => {
+            let outcome = state
+                .licenses
+                .execute(
+                    row.license_id,
+                    LicenseCommand::RegisterDevice {
+                        device_id: Uuid::now_v7(),
+                        fingerprint: print.clone(),
+                        details,
+                        now,
+                    },
+                    &metadata,
+                )
+                .await
+                .map_err(desktop_error)?;
+            match outcome.cursor() {
+                Some(cursor) => state.wait_for(read::NAME, cursor).await?,
+                // A concurrent verify of this desktop registered it.
+                None => state.catch_up(read::NAME).await?,
+            }
+            let key_digest = state.licenses.key_digest(&key);
+            row = read::for_verify(&state.pool, &key_digest, &print)
+                .await?
+                .ok_or_else(not_found)?;
+            if let Some(device_id) = row.device_id {
+                read::touch_device(&state.pool, row.license_id, device_id, now).await?;
+            }
+        }
+    }
+    Ok(ok(verify_answer(&key, &row, now)))
+}
+
+/// `POST /v1/licenses/devices/release`: the desktop gives its seat back (moving to a new
+/// computer). Recorded as `released`, never deleted; the seat is free when this answers.
+async fn release(
+    State(state): State<AppState>,
+    context: RequestContext,
+    headers: HeaderMap,
+) -> AppResult<Json<Value>> {
+    let limiter_key = crate::http::client_ip::rate_key(context.ip);
+    state
+        .licenses
+        .verify_failures
+        .peek(&limiter_key, Instant::now())
+        .map_err(AppError::rate_limited)?;
+    let print = match header(&headers, "x-device-fingerprint") {
+        Some(h) => fingerprint("X-Device-Fingerprint", h)?,
+        None => {
+            return Err(AppError::validation(
+                "X-Device-Fingerprint",
+                "X-Device-Fingerprint zorunludur",
+            ));
+        }
+    };
+    let (_, row) = lookup(&state, &headers, &print, limiter_key).await?;
+    let device_id = row.device_id.ok_or_else(device_not_found)?;
+    let outcome = state
+        .licenses
+        .execute(
+            row.license_id,
+            LicenseCommand::ReleaseDevice {
+                device_id,
+                now: Utc::now(),
+            },
+            &desktop_metadata(&context, &print),
+        )
+        .await
+        .map_err(desktop_error)?;
+    if let Some(cursor) = outcome.cursor() {
+        state.wait_for(read::NAME, cursor).await?;
+    }
+    Ok(ok(json!({
+        "device": {"id": read::device_id_text(device_id), "status": "released", "isMaster": false},
+    })))
+}
+
+// ---- admin --------------------------------------------------------------------------------
+
+/// A device id with or without its `dev_` prefix.
+pub fn parse_device_id(text: &str) -> Option<Uuid> {
+    text.strip_prefix("dev_").unwrap_or(text).parse().ok()
+}
+
+async fn list_devices(
+    State(state): State<AppState>,
+    admin: AdminPrincipal,
+    Path(id): Path<String>,
+) -> AppResult<Json<Value>> {
+    admin.require(Permission::Licenses, false)?;
+    let not_found = || license_error(LicenseError::NotFound);
+    let id: Uuid = id.parse().map_err(|_| not_found())?;
+    let license = read::get(&state.pool, id).await?.ok_or_else(not_found)?;
+    let devices = read::devices(&state.pool, id).await?;
+    let count = |s: &str| devices.iter().filter(|d| d.status == s).count();
+    Ok(ok(json!({
+        "devices": devices.iter().map(read::DeviceRow::to_json).collect::<Vec<_>>(),
+        "maxDevices": license.max_devices,
+        "approvedCount": count("approved"),
+        "pendingCount": count("pending"),
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct PatchDeviceBody {
+    status: Option<String>,
+    is_master: Option<bool>,
+}
+
+async fn patch_device(
+    State(state): State<AppState>,
+    admin: AdminPrincipal,
+    context: RequestContext,
+    Path((id, device)): Path<(String, String)>,
+    AppJson(body): AppJson<PatchDeviceBody>,
+) -> AppResult<Json<Value>> {
+    admin.require(Permission::Licenses, true)?;
+    let license_id: Uuid = id
+        .parse()
+        .map_err(|_| license_error(LicenseError::NotFound))?;
+    let device_id = parse_device_id(&device).ok_or_else(device_not_found)?;
+    let status = body
+        .status
+        .as_deref()
+        .map(|s| match DeviceStatus::parse(s) {
+            Some(s) if s != DeviceStatus::Released => Ok(s),
+            _ => Err(AppError::validation(
+                "status",
+                "status approved, blocked veya pending olmalı",
+            )),
+        })
+        .transpose()?;
+    if read::device(&state.pool, device_id)
+        .await?
+        .is_none_or(|d| d.license_id != license_id)
+    {
+        return Err(device_not_found());
+    }
+    let outcome = state
+        .licenses
+        .execute(
+            license_id,
+            LicenseCommand::SetDevice {
+                device_id,
+                status,
+                master: body.is_master,
+                now: Utc::now(),
+            },
+            &context.metadata(admin.actor()),
+        )
+        .await?;
+    if let Some(cursor) = outcome.cursor() {
+        state.wait_for(read::NAME, cursor).await?;
+    }
+    let row = read::device(&state.pool, device_id)
+        .await?
+        .ok_or_else(device_not_found)?;
+    let notification_sent = match outcome.stored.first() {
+        Some(first) => {
+            state
+                .live
+                .devices
+                .delivered(device_id, first.cursor, NOTIFY_WAIT)
+                .await
+        }
+        None => false,
+    };
+    Ok(ok(json!({
+        "device": row.to_json(),
+        "notificationSent": notification_sent,
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_resets_on_the_next_first_of_the_month() {
+        let at = |y, m, d| Utc.with_ymd_and_hms(y, m, d, 13, 5, 0).unwrap();
+        assert_eq!(
+            reset_date(at(2026, 2, 5)),
+            Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap()
+        );
+        assert_eq!(
+            reset_date(at(2026, 12, 31)),
+            Utc.with_ymd_and_hms(2027, 1, 1, 0, 0, 0).unwrap()
+        );
+    }
+
+    #[test]
+    fn fingerprints_are_64_hex_characters() {
+        assert!(fingerprint("fingerprint", &"aB".repeat(32)).is_ok());
+        assert!(fingerprint("fingerprint", &"g".repeat(64)).is_err());
+        assert!(fingerprint("fingerprint", &"a".repeat(63)).is_err());
+    }
+}

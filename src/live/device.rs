@@ -1,0 +1,269 @@
+//! `GET /ws/device` (SPEC §6): live notices to one desktop, from the instance's one feed.
+//!
+//! The desktop authenticates like verify, by license key and fingerprint, in its first
+//! message (as `/ws/admin` does with its token, and because a header-less client must be
+//! able to use it): `{"type": "auth", "licenseKey", "fingerprint"}` within
+//! `WS_AUTH_TIMEOUT_MS`. The device must have verified once (pending is enough: waiting for
+//! approval is what the socket is for); a blocked device or a revoked license is refused.
+//! The answer is `{"type": "AUTH_OK", "device": {id, status, isMaster}}`; then
+//! `DEVICE_STATUS_CHANGED` (`data: {device: {id, status, isMaster}}`) for this device and
+//! `LICENSE_UPDATED` (`data: {license: {status, expiresAt, daysRemaining, packageType}}`)
+//! for its license, as `{"type", "timestamp", "cursor", "data"}`. Nothing is replayed: the
+//! next verify shows the same facts.
+//!
+//! | code | reason |
+//! |---|---|
+//! | 4401 | `AUTH_TIMEOUT`, `AUTH_REQUIRED`, `LICENSE_NOT_FOUND`, `DEVICE_UNKNOWN` |
+//! | 4403 | `LICENSE_REVOKED`, `DEVICE_BLOCKED` |
+//! | 4408 | `TOO_SLOW` |
+//! | 1001 | `SERVER_SHUTTING_DOWN` |
+//!
+//! [`DeviceHub`] counts this instance's device sockets and what each received, so the
+//! admin's `PATCH` can answer `notificationSent`.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use eventstore::Cursor;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::watch;
+use tokio::time::timeout;
+use uuid::Uuid;
+
+use super::mapping::FeedItem;
+use super::{SEND_TIMEOUT, close};
+use crate::state::AppState;
+
+const MAX_CLIENT_MESSAGE: usize = 4 * 1024;
+/// Close code for a refused (known but not allowed) desktop.
+const FORBIDDEN: u16 = 4403;
+
+/// This instance's device sockets and what they were sent.
+#[derive(Default)]
+pub struct DeviceHub {
+    inner: Mutex<Hub>,
+    /// Bumped on every delivery, so [`DeviceHub::delivered`] can wait without polling.
+    changed: watch::Sender<u64>,
+}
+
+#[derive(Default)]
+struct Hub {
+    connected: HashMap<Uuid, usize>,
+    /// The last cursor a socket of the device was sent.
+    delivered: HashMap<Uuid, Cursor>,
+}
+
+impl DeviceHub {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Hub> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn connect(&self, device: Uuid) {
+        *self.lock().connected.entry(device).or_default() += 1;
+    }
+
+    fn disconnect(&self, device: Uuid) {
+        let mut hub = self.lock();
+        if let Some(n) = hub.connected.get_mut(&device) {
+            *n -= 1;
+            if *n == 0 {
+                hub.connected.remove(&device);
+                hub.delivered.remove(&device);
+            }
+        }
+    }
+
+    fn record(&self, device: Uuid, cursor: Cursor) {
+        {
+            let mut hub = self.lock();
+            let last = hub.delivered.entry(device).or_insert(cursor);
+            *last = (*last).max(cursor);
+        }
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    /// Whether a socket of `device` on this instance was sent a message at or after
+    /// `cursor`, waiting up to `wait` for it; false at once when none is connected.
+    pub async fn delivered(&self, device: Uuid, cursor: Cursor, wait: Duration) -> bool {
+        let mut changed = self.changed.subscribe();
+        let done = |hub: &Hub| hub.delivered.get(&device).is_some_and(|c| *c >= cursor);
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            {
+                let hub = self.lock();
+                if done(&hub) {
+                    return true;
+                }
+                if !hub.connected.contains_key(&device) {
+                    return false;
+                }
+            }
+            match tokio::time::timeout_at(deadline, changed.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return false,
+            }
+        }
+    }
+}
+
+/// `{"type": "auth", "licenseKey", "fingerprint"}`
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AuthMessage {
+    #[serde(rename = "type")]
+    kind: String,
+    license_key: String,
+    fingerprint: String,
+}
+
+pub(super) async fn upgrade(ws: WebSocketUpgrade, State(state): State<AppState>) -> Response {
+    ws.max_message_size(MAX_CLIENT_MESSAGE)
+        .on_upgrade(move |socket| serve(socket, state))
+}
+
+async fn serve(mut socket: WebSocket, state: AppState) {
+    let end = session(&mut socket, &state).await;
+    if let Some((code, reason)) = end {
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        };
+        let _ = timeout(SEND_TIMEOUT, socket.send(Message::Close(Some(frame)))).await;
+    }
+}
+
+/// `None`: the client left.
+async fn session(socket: &mut WebSocket, state: &AppState) -> Option<(u16, &'static str)> {
+    let first = match timeout(state.config.ws_auth_timeout, first_text(socket)).await {
+        Err(_) => return Some((close::UNAUTHORIZED, "AUTH_TIMEOUT")),
+        Ok(None) => return None,
+        Ok(Some(text)) => text,
+    };
+    let Some(auth) = serde_json::from_str::<AuthMessage>(&first)
+        .ok()
+        .filter(|a| a.kind == "auth")
+    else {
+        return Some((close::UNAUTHORIZED, "AUTH_REQUIRED"));
+    };
+    // Subscribe before reading the device, so nothing between the two is missed.
+    let mut subscription = state.live.subscribe();
+    let (license_id, device_id, status, master) = match authenticate(state, &auth).await {
+        Ok(found) => found,
+        Err(end) => return Some(end),
+    };
+    let ok = json!({
+        "type": "AUTH_OK",
+        "device": {"id": projections::licenses::device_id_text(device_id), "status": status, "isMaster": master},
+    })
+    .to_string();
+    if send(socket, ok.into()).await.is_err() {
+        return None;
+    }
+    let hub = &state.live.devices;
+    hub.connect(device_id);
+    let end = follow(
+        socket,
+        state,
+        &mut subscription.receiver,
+        license_id,
+        device_id,
+    )
+    .await;
+    hub.disconnect(device_id);
+    end
+}
+
+async fn follow(
+    socket: &mut WebSocket,
+    state: &AppState,
+    live: &mut tokio::sync::broadcast::Receiver<FeedItem>,
+    license_id: Uuid,
+    device_id: Uuid,
+) -> Option<(u16, &'static str)> {
+    let stopping = state.live.stopping();
+    tokio::pin!(stopping);
+    loop {
+        tokio::select! {
+            () = &mut stopping => return Some((close::GOING_AWAY, "SERVER_SHUTTING_DOWN")),
+            incoming = socket.recv() => match incoming {
+                Some(Ok(Message::Close(_)) | Err(_)) | None => return None,
+                Some(Ok(_)) => {}
+            },
+            item = live.recv() => match item {
+                Ok(FeedItem::Device(message)) => {
+                    if message.license_id == license_id
+                        && message.device_id.is_none_or(|d| d == device_id)
+                    {
+                        if send(socket, message.text).await.is_err() {
+                            return Some((close::TOO_SLOW, "TOO_SLOW"));
+                        }
+                        state.live.devices.record(device_id, message.cursor);
+                    }
+                }
+                Ok(_) => {}
+                Err(RecvError::Lagged(_)) => return Some((close::TOO_SLOW, "TOO_SLOW")),
+                Err(RecvError::Closed) => {
+                    return Some((close::GOING_AWAY, "SERVER_SHUTTING_DOWN"));
+                }
+            },
+        }
+    }
+}
+
+/// (license, device, status, master) of an allowed desktop.
+async fn authenticate(
+    state: &AppState,
+    auth: &AuthMessage,
+) -> Result<(Uuid, Uuid, String, bool), (u16, &'static str)> {
+    let unauthorized = (close::UNAUTHORIZED, "LICENSE_NOT_FOUND");
+    let key = auth.license_key.trim();
+    if !crate::licenses::keys::looks_like_key(key) {
+        return Err(unauthorized);
+    }
+    let Ok(print) = crate::licenses::devices::fingerprint("fingerprint", &auth.fingerprint) else {
+        return Err((close::UNAUTHORIZED, "DEVICE_UNKNOWN"));
+    };
+    let digest = state.licenses.key_digest(key);
+    let row = projections::licenses::for_verify(&state.pool, &digest, &print)
+        .await
+        .map_err(|_| (close::INTERNAL_ERROR, "INTERNAL_ERROR"))?
+        .ok_or(unauthorized)?;
+    if row.state() == aggregates::license::LicenseState::Revoked {
+        return Err((FORBIDDEN, "LICENSE_REVOKED"));
+    }
+    match (row.device_id, row.device_status.as_deref()) {
+        (_, Some("blocked")) => Err((FORBIDDEN, "DEVICE_BLOCKED")),
+        (Some(id), Some(status @ ("pending" | "approved"))) => Ok((
+            row.license_id,
+            id,
+            status.to_string(),
+            row.is_master.unwrap_or(false),
+        )),
+        _ => Err((close::UNAUTHORIZED, "DEVICE_UNKNOWN")),
+    }
+}
+
+async fn first_text(socket: &mut WebSocket) -> Option<String> {
+    while let Some(Ok(message)) = socket.recv().await {
+        match message {
+            Message::Ping(_) | Message::Pong(_) => continue,
+            Message::Text(text) => return Some(text.to_string()),
+            Message::Close(_) => return None,
+            Message::Binary(_) => return Some(String::new()),
+        }
+    }
+    None
+}
+
+async fn send(socket: &mut WebSocket, text: Utf8Bytes) -> Result<(), ()> {
+    match timeout(SEND_TIMEOUT, socket.send(Message::Text(text))).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
+    }
+}
