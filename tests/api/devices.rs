@@ -17,6 +17,7 @@ use uuid::Uuid;
 use crate::helpers::{ADMIN_SECRET, TestApp, login};
 
 type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+type Headers = Vec<(&'static str, String)>;
 
 struct Setup {
     app: TestApp,
@@ -379,7 +380,7 @@ async fn errors_come_in_the_spec_order(pool: PgPool) {
 async fn bad_verify_input_is_refused_with_its_field(pool: PgPool) {
     let s = setup(pool).await;
     let (id, key) = license(&s, "pro", 5).await;
-    let post = |headers: Vec<(&'static str, String)>, body: Value| {
+    let post = |headers: Headers, body: Value| {
         let mut request = s.app.client.post(s.app.url("/v1/licenses/verify"));
         for (k, v) in headers {
             request = request.header(k, v);
@@ -387,7 +388,7 @@ async fn bad_verify_input_is_refused_with_its_field(pool: PgPool) {
         send(request.json(&body))
     };
     let key_header = ("X-License-Key", key.clone());
-    let cases: Vec<(Vec<(&'static str, String)>, Value, &str)> = vec![
+    let cases: Vec<(Headers, Value, &str)> = vec![
         (
             vec![key_header.clone()],
             device_body("abc", "PC"),

@@ -558,4 +558,112 @@ mod tests {
             })
             .then_expect_error(LicenseError::Invalid("maxDevices"));
     }
+
+    fn details() -> crate::license::DeviceDetails {
+        crate::license::DeviceDetails {
+            name: "PC".into(),
+            os_type: "windows".into(),
+            os_version: "11".into(),
+            app_version: "1.1.0".into(),
+            ip_address: None,
+        }
+    }
+
+    fn registered(n: u128, status: DeviceStatus, master: bool) -> LicenseEvent {
+        LicenseEvent::DeviceRegistered {
+            device_id: Uuid::from_u128(n),
+            fingerprint: format!("{n:064x}"),
+            details: details(),
+            status,
+            master,
+            at: at(2026, 6, 1),
+        }
+    }
+
+    #[test]
+    fn the_first_device_is_approved_master_and_the_next_waits() {
+        let now = at(2026, 6, 1);
+        let register = |n: u128| LicenseCommand::RegisterDevice {
+            device_id: Uuid::from_u128(n),
+            fingerprint: format!("{n:064x}"),
+            details: details(),
+            now,
+        };
+        Given::with(())
+            .given(vec![created(at(2027, 1, 1))])
+            .when(register(1))
+            .then_expect_events(vec![registered(1, DeviceStatus::Approved, true)]);
+        Given::with(())
+            .given(vec![
+                created(at(2027, 1, 1)),
+                registered(1, DeviceStatus::Approved, true),
+            ])
+            .when(register(2))
+            .then_expect_events(vec![registered(2, DeviceStatus::Pending, false)]);
+        // The same fingerprint again changes nothing.
+        Given::with(())
+            .given(vec![
+                created(at(2027, 1, 1)),
+                registered(1, DeviceStatus::Approved, true),
+            ])
+            .when(register(1))
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn approvals_stop_at_max_devices() {
+        let mut given = vec![created(at(2027, 1, 1))];
+        given.push(registered(1, DeviceStatus::Approved, true));
+        for n in 2..=6 {
+            given.push(registered(n, DeviceStatus::Pending, false));
+        }
+        for n in 2..=5 {
+            given.push(LicenseEvent::DeviceStatusChanged {
+                device_id: Uuid::from_u128(n),
+                status: DeviceStatus::Approved,
+                at: at(2026, 6, 1),
+            });
+        }
+        Given::with(())
+            .given(given)
+            .when(LicenseCommand::SetDevice {
+                device_id: Uuid::from_u128(6),
+                status: Some(DeviceStatus::Approved),
+                master: None,
+                now: at(2026, 6, 2),
+            })
+            .then_expect_error(LicenseError::DeviceLimitReached);
+    }
+
+    #[test]
+    fn releasing_the_master_hands_the_flag_on() {
+        let now = at(2026, 6, 2);
+        Given::with(())
+            .given(vec![
+                created(at(2027, 1, 1)),
+                registered(1, DeviceStatus::Approved, true),
+                registered(2, DeviceStatus::Pending, false),
+                LicenseEvent::DeviceStatusChanged {
+                    device_id: Uuid::from_u128(2),
+                    status: DeviceStatus::Approved,
+                    at: now,
+                },
+            ])
+            .when(LicenseCommand::ReleaseDevice {
+                device_id: Uuid::from_u128(1),
+                now,
+            })
+            .then_expect_events(vec![
+                LicenseEvent::DeviceStatusChanged {
+                    device_id: Uuid::from_u128(1),
+                    status: DeviceStatus::Released,
+                    at: now,
+                },
+                LicenseEvent::DeviceMasterMoved {
+                    from: Some(Uuid::from_u128(1)),
+                    to: Some(Uuid::from_u128(2)),
+                    at: now,
+                },
+            ]);
+    }
 }
