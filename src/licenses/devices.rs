@@ -102,7 +102,7 @@ fn expired(at: DateTime<Utc>) -> AppError {
     .with("expiredAt", crate::time::rfc3339(at))
 }
 
-fn blocked() -> AppError {
+pub fn blocked() -> AppError {
     AppError::new(
         StatusCode::FORBIDDEN,
         "DEVICE_BLOCKED",
@@ -425,6 +425,10 @@ async fn release(
     };
     let (_, row) = lookup(&state, &headers, &print, limiter_key).await?;
     let device_id = row.device_id.ok_or_else(device_not_found)?;
+    // A blocked device stays blocked: releasing would let it queue again as new.
+    if row.device_status.as_deref() == Some("blocked") {
+        return Err(blocked());
+    }
     let outcome = state
         .licenses
         .execute(

@@ -552,6 +552,7 @@ pub fn license_error(e: LicenseError) -> AppError {
         ),
         LicenseError::Invalid(field) => AppError::validation(field, format!("{field} geçersiz")),
         LicenseError::DeviceNotFound => devices::device_not_found(),
+        LicenseError::DeviceBlocked => devices::blocked(),
         LicenseError::DeviceLimitReached => AppError::new(
             StatusCode::CONFLICT,
             "DEVICE_LIMIT_REACHED",

@@ -371,6 +371,17 @@ async fn errors_come_in_the_spec_order(pool: PgPool) {
     let (status, body) = verify(&s, &key, &print(2), "PC-2").await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(error_code(&body), "DEVICE_BLOCKED");
+    // Nor can it release its seat to come back as a new device.
+    let (status, body) = send(
+        s.app
+            .client
+            .post(s.app.url("/v1/licenses/devices/release"))
+            .header("X-License-Key", key.clone())
+            .header("X-Device-Fingerprint", print(2)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(error_code(&body), "DEVICE_BLOCKED");
     let (status, _) = verify(&s, &key, &print(1), "PC-1").await;
     assert_eq!(status, StatusCode::OK);
     s.app.stop().await.unwrap();

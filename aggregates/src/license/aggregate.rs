@@ -126,8 +126,10 @@ impl License {
             }
             C::ReleaseDevice { device_id, now } => {
                 let device = self.device(device_id)?;
-                if device.status == DeviceStatus::Released {
-                    return Ok(vec![]);
+                match device.status {
+                    DeviceStatus::Released => return Ok(vec![]),
+                    DeviceStatus::Blocked => return Err(LicenseError::DeviceBlocked),
+                    _ => {}
                 }
                 let mut events = vec![E::DeviceStatusChanged {
                     device_id,

@@ -356,6 +356,9 @@ pub enum LicenseError {
     Invalid(&'static str),
     #[error("device not found")]
     DeviceNotFound,
+    /// A blocked device cannot release its seat (and come back as pending).
+    #[error("the device is blocked")]
+    DeviceBlocked,
     #[error("every seat of the license is taken")]
     DeviceLimitReached,
     #[error("only an approved device can be master")]
