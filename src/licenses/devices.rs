@@ -347,7 +347,8 @@ async fn verify(
                 ip_address: row.ip_address.clone(),
             };
             if known != details {
-                state
+                // Rare (an update, a new network): worth read-your-writes for the device list.
+                let outcome = state
                     .licenses
                     .execute(
                         row.license_id,
@@ -360,6 +361,9 @@ async fn verify(
                     )
                     .await
                     .map_err(desktop_error)?;
+                if let Some(cursor) = outcome.cursor() {
+                    state.wait_for(read::NAME, cursor).await?;
+                }
             }
             if row
                 .last_active_at

@@ -176,7 +176,7 @@ async fn next_of(socket: &mut Socket, kind: &str) -> Value {
 
 #[sqlx::test(migrations = false)]
 async fn the_first_device_is_approved_master_and_answers_as_seed_002(pool: PgPool) {
-    let s = setup(pool).await;
+    let s = setup(pool.clone()).await;
     let (id, key) = license(&s, "pro", 5).await;
     let (status, body) = verify(&s, &key, &print(1), "DESKTOP-AHMET").await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -208,6 +208,16 @@ async fn the_first_device_is_approved_master_and_answers_as_seed_002(pool: PgPoo
     // The same desktop again: the same device, nothing new registered.
     let (_, again) = verify(&s, &key, &print(1), "DESKTOP-AHMET").await;
     assert_eq!(again["data"]["device"]["id"], data["device"]["id"]);
+    let device_events = || {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM events WHERE event_type LIKE 'Device%'")
+            .fetch_one(&pool)
+    };
+    // Unchanged details and lastActiveAt cost no event; a new name is one.
+    assert_eq!(device_events().await.unwrap(), 1);
+    let (status, _) = verify(&s, &key, &print(1), "DESKTOP-AHMET-2").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(device_events().await.unwrap(), 2);
+    verify(&s, &key, &print(1), "DESKTOP-AHMET").await;
     let list = devices(&s, &id).await;
     assert_eq!(list["devices"].as_array().unwrap().len(), 1);
     let device = &list["devices"][0];
