@@ -516,19 +516,8 @@ impl LeadFilter {
         if let Some(status) = self.status {
             q.push(" AND status = ").push_bind(status.as_str());
         }
-        if let Some(search) = self
-            .search
-            .as_deref()
-            .map(fold)
-            .filter(|s| !s.trim().is_empty())
-        {
-            let escaped = search
-                .trim()
-                .replace('\\', "\\\\")
-                .replace('%', "\\%")
-                .replace('_', "\\_");
-            q.push(" AND search LIKE ")
-                .push_bind(format!("%{escaped}%"));
+        if let Some(pattern) = self.search.as_deref().and_then(crate::contains_pattern) {
+            q.push(" AND search LIKE ").push_bind(pattern);
         }
         if let Some(assigned) = &self.assigned_to {
             q.push(" AND assigned_to = ").push_bind(assigned.clone());
