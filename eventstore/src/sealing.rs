@@ -433,7 +433,9 @@ impl Sealer {
         if subjects.is_empty() {
             return Ok(ring);
         }
-        let rows: Vec<(String, String, Option<String>, Option<Vec<u8>>)> = sqlx::query_as(
+        // (subject, key id, master key id, wrapped key): the last two only for a live key.
+        type RingRow = (String, String, Option<String>, Option<Vec<u8>>);
+        let rows: Vec<RingRow> = sqlx::query_as(
             "SELECT subject, key_id, master_key_id, wrapped_key
                FROM data_keys WHERE subject = ANY($1)
              UNION ALL

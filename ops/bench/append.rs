@@ -785,9 +785,9 @@ pub(crate) async fn peer_bench(ctx: &Arc<Ctx>) -> Result<Vec<Row>> {
                 1.5,
             ));
             rows.push(Row {
-                measurement: format!(
+                measurement:
                     "same, like for like: execute (load + append) vs postgres-es on our pool"
-                ),
+                        .to_string(),
                 figure: format!("{} cmds/s", rate("store-cmd")),
                 baseline: format!("pg-es our pool {} cmds/s", rate("peer-same-pool")),
                 ratio: Some(cmd),

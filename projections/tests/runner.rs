@@ -101,6 +101,7 @@ fn config(page_size: i64) -> RunnerConfig {
         page_size,
         takeover_interval: Duration::from_millis(50),
         reconnect_delay: Duration::from_millis(50),
+        ..RunnerConfig::default()
     }
 }
 
