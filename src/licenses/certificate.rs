@@ -543,6 +543,55 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_example_certificate_and_pinned_key_are_what_this_code_makes() {
+        let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"));
+        let section = readme
+            .split("### Signed offline licenses")
+            .nth(1)
+            .and_then(|rest| rest.split("\n### ").next())
+            .expect("README has a Signed offline licenses section");
+        // RFC 8032 §7.1, test 1.
+        let seed = crate::config::parse_key(
+            "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60",
+        )
+        .unwrap();
+        let certifier = Certifier::new(
+            SigningKey::from_bytes(&seed),
+            Vec::new(),
+            TimeDelta::days(7),
+        );
+        let example = certifier.sign(&certifier.claims(
+            CertificateSubject {
+                license_id: "0193f4a2-7c1e-7b3a-9d2f-5e8c1a4b6d70".parse().unwrap(),
+                device_id: "dev_01JEXAMPLE".into(),
+                fingerprint:
+                    "3f9a1c0e7b5d2a8f4e6c1b9d0a7e5c3f2b8d6a4e1c9f7b5d3a0e8c6f4b2d1a9e".into(),
+                package: "pro".into(),
+                features: vec![
+                    "documentAnalysis".into(),
+                    "telegramIntegration".into(),
+                    "multiDevice".into(),
+                ],
+                expires_at: "2027-12-02T00:00:00Z".parse().unwrap(),
+            },
+            "2026-12-02T09:30:00Z".parse().unwrap(),
+        ));
+        assert!(
+            section.contains(&format!("\n{example}\n")),
+            "README example is not {example}"
+        );
+        let key = &certifier.public_keys_json()["keys"][0];
+        let pinned = format!(
+            "\"{}\": \"{}\"",
+            key["kid"].as_str().unwrap(),
+            key["publicKey"].as_str().unwrap()
+        );
+        assert!(section.contains(&pinned), "README does not pin {pinned}");
+        assert!(section.contains(&format!("\"typ\":\"{TYPE}\"")));
+        assert!(section.contains(&format!("header.typ !== \"{TYPE}\"")));
+    }
+
+    #[test]
     fn debug_output_never_shows_the_signing_key() {
         let certifier = certifier(7);
         let debug = format!("{certifier:?}");
