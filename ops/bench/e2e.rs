@@ -42,6 +42,7 @@ use super::{Args, Ctx, Phase, Row, cores, fmt_rate, probe, quartiles, verdict};
 const ADMIN_SECRET: &str = "bench-admin-secret-0123456789abcdefXYZ";
 const JWT_SECRET: &str = "bench-jwt-secret-0123456789abcdefghijklmnop";
 const ENCRYPTION_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+const LICENSE_SIGNING_KEY: &str = "3Ua8RcFnUnHNA4HIPKfI5vli0hSTD1/cPjBdn/MJgEE=";
 const LANDING_KEY: &str = "lk_bench_0123456789abcdefghij";
 const ROOT_EMAIL: &str = "root@example.com";
 const ROOT_PASSWORD: &str = "Root-Password-123";
@@ -79,6 +80,7 @@ impl Gateway {
             ("JWT_SECRET", JWT_SECRET.into()),
             ("ENCRYPTION_KEY", ENCRYPTION_KEY.into()),
             ("LANDING_API_KEYS", LANDING_KEY.into()),
+            ("LICENSE_SIGNING_KEY", LICENSE_SIGNING_KEY.into()),
             ("BOOTSTRAP_ADMIN_EMAIL", ROOT_EMAIL.into()),
             ("BOOTSTRAP_ADMIN_PASSWORD", ROOT_PASSWORD.into()),
             // The bench client is the "proxy": X-Forwarded-For names the client.

@@ -42,6 +42,7 @@ pub fn api() -> Router<AppState> {
         .merge(crate::leads::admin_router())
         .merge(crate::leads::landing_router())
         .merge(crate::licenses::admin_router())
+        .merge(crate::licenses::certificate::router())
         .merge(crate::live::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -9,6 +9,7 @@
 //! the two is completed by [`LicenseService::complete_conversions`] at start and every few
 //! minutes.
 
+pub mod certificate;
 pub mod keys;
 pub mod mail;
 pub mod plans;
