@@ -11,10 +11,13 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use ed25519_dalek::{SigningKey, VerifyingKey};
 use ipnet::IpNet;
 use rand::RngCore;
 use secrecy::{ExposeSecret, SecretBox, SecretString};
 use serde::{Deserialize, Serialize};
+
+use crate::licenses::certificate::{Certifier, DEFAULT_GRACE_DAYS};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Environment {
@@ -67,6 +70,10 @@ pub struct Config {
     /// How long a connection may take to send a request's headers, and may sit idle
     /// between requests (`HTTP_IDLE_TIMEOUT_MS`, 30 s): silent sockets are closed.
     pub http_idle_timeout: Duration,
+    /// Signs offline license certificates (`LICENSE_SIGNING_KEY`) and knows the retired keys
+    /// that still verify them (`LICENSE_SIGNING_PREVIOUS_KEYS`), with the offline grace
+    /// (`LICENSE_OFFLINE_GRACE_DAYS`).
+    pub license_certifier: Certifier,
     /// Where generated development credentials were written, if any were.
     pub dev_secrets_file: Option<PathBuf>,
 }
@@ -94,6 +101,10 @@ struct DevSecrets {
     landing_api_key: String,
     bootstrap_admin_email: String,
     bootstrap_admin_password: String,
+    /// Added after the first release of this file: empty in an older one, then generated and
+    /// written back.
+    #[serde(default)]
+    license_signing_key: String,
 }
 
 impl DevSecrets {
@@ -105,6 +116,7 @@ impl DevSecrets {
             landing_api_key: format!("lk_{}", random_token(24)),
             bootstrap_admin_email: "admin@localhost".into(),
             bootstrap_admin_password: random_token(18),
+            license_signing_key: STANDARD.encode(random_bytes(32)),
         }
     }
 }
@@ -142,6 +154,7 @@ impl Config {
             "JWT_SECRET",
             "ENCRYPTION_KEY",
             "LANDING_API_KEYS",
+            "LICENSE_SIGNING_KEY",
         ]
         .iter()
         .any(|n| var(n).is_none())
@@ -184,6 +197,11 @@ impl Config {
         let jwt_secret = secret("JWT_SECRET", 32, dev_value(|d| &d.jwt_secret));
         let raw_key = secret("ENCRYPTION_KEY", 0, dev_value(|d| &d.encryption_key));
         let landing = secret("LANDING_API_KEYS", 0, dev_value(|d| &d.landing_api_key));
+        let raw_signing_key = secret(
+            "LICENSE_SIGNING_KEY",
+            0,
+            dev_value(|d| &d.license_signing_key),
+        );
 
         let encryption_key = match parse_key(raw_key.expose_secret()) {
             Some(key) => {
@@ -200,6 +218,65 @@ impl Config {
                 SecretBox::new(Box::new([0; 32]))
             }
         };
+        let license_signing_key = match parse_key(raw_signing_key.expose_secret()) {
+            Some(seed) => {
+                if production && seed.iter().all(|b| *b == seed[0]) {
+                    problems.push("LICENSE_SIGNING_KEY is weak: all bytes are equal".into());
+                }
+                if production && seed == *encryption_key.expose_secret() {
+                    problems.push("LICENSE_SIGNING_KEY must not be the ENCRYPTION_KEY".into());
+                }
+                SigningKey::from_bytes(&seed)
+            }
+            None => {
+                if !raw_signing_key.expose_secret().is_empty() {
+                    problems.push(
+                        "LICENSE_SIGNING_KEY must be a 32-byte Ed25519 seed, as base64 or 64 hex digits"
+                            .into(),
+                    );
+                }
+                SigningKey::from_bytes(&[0; 32])
+            }
+        };
+        let mut previous_keys = Vec::new();
+        for (i, text) in var("LICENSE_SIGNING_PREVIOUS_KEYS")
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .enumerate()
+        {
+            match parse_key(text)
+                .and_then(|bytes| VerifyingKey::from_bytes(&bytes).ok())
+                .filter(|key| !key.is_weak())
+            {
+                Some(key) => previous_keys.push(key),
+                None => problems.push(format!(
+                    "LICENSE_SIGNING_PREVIOUS_KEYS entry {} is not an Ed25519 public key \
+                     (32 bytes, base64 or 64 hex digits)",
+                    i + 1
+                )),
+            }
+        }
+        let offline_grace_days = match var("LICENSE_OFFLINE_GRACE_DAYS") {
+            None => DEFAULT_GRACE_DAYS,
+            Some(text) => match text.parse::<i64>() {
+                Ok(days) if (1..=MAX_OFFLINE_GRACE_DAYS).contains(&days) => days,
+                _ => {
+                    problems.push(format!(
+                        "LICENSE_OFFLINE_GRACE_DAYS must be a whole number of days from 1 to \
+                         {MAX_OFFLINE_GRACE_DAYS}"
+                    ));
+                    DEFAULT_GRACE_DAYS
+                }
+            },
+        };
+        let license_certifier = Certifier::new(
+            license_signing_key,
+            previous_keys,
+            chrono::TimeDelta::days(offline_grace_days),
+        );
+
         let landing_api_keys: Vec<SecretString> = landing
             .expose_secret()
             .split(',')
@@ -375,6 +452,7 @@ impl Config {
             ws_progress_interval,
             ws_max_replay_events,
             http_idle_timeout,
+            license_certifier,
             dev_secrets_file,
         })
     }
@@ -431,7 +509,19 @@ pub fn random_token(n: usize) -> String {
 fn load_or_create_dev_secrets(data_dir: &Path) -> std::io::Result<(DevSecrets, PathBuf)> {
     let path = data_dir.join("dev-secrets.json");
     if let Ok(text) = std::fs::read_to_string(&path) {
-        let secrets = serde_json::from_str(&text).map_err(std::io::Error::other)?;
+        let mut secrets: DevSecrets = serde_json::from_str(&text).map_err(std::io::Error::other)?;
+        if secrets.license_signing_key.is_empty() {
+            // A file from before license certificates: add a key, keep everything else.
+            secrets.license_signing_key = STANDARD.encode(random_bytes(32));
+            let text = serde_json::to_string_pretty(&secrets).map_err(std::io::Error::other)?;
+            let staged = data_dir.join("dev-secrets.json.new");
+            match std::fs::remove_file(&staged) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+            write_private(&staged, text.as_bytes())?;
+            std::fs::rename(&staged, &path)?;
+        }
         return Ok((secrets, path));
     }
     std::fs::create_dir_all(data_dir)?;
@@ -560,6 +650,18 @@ pub const VARIABLES: &[Variable] = &[
         meaning: "how long a connection may take to send request headers or sit idle (default 30000)",
     },
     Variable {
+        name: "LICENSE_SIGNING_KEY",
+        meaning: "Ed25519 seed (32 bytes, base64 or 64 hex digits) signing offline license certificates (development: generated)",
+    },
+    Variable {
+        name: "LICENSE_SIGNING_PREVIOUS_KEYS",
+        meaning: "comma-separated public keys of retired signing keys, still served for verification (default none)",
+    },
+    Variable {
+        name: "LICENSE_OFFLINE_GRACE_DAYS",
+        meaning: "how long a license certificate lets the desktop work offline, at most the license's expiry (default 7, 1-90)",
+    },
+    Variable {
         name: "PG_BIN_DIR",
         meaning: "Postgres binaries for the embedded cluster (default newest /usr/lib/postgresql/*/bin)",
     },
@@ -572,6 +674,10 @@ pub const VARIABLES: &[Variable] = &[
         meaning: "json for JSON lines (always in production)",
     },
 ];
+
+/// The longest offline grace: beyond a few weeks a revocation would take too long to reach a
+/// desktop that stays offline on purpose.
+pub const MAX_OFFLINE_GRACE_DAYS: i64 = 90;
 
 /// Header reading and keep-alive idleness: long enough for a slow mobile link, short enough
 /// that idle sockets do not pile up.
@@ -601,7 +707,17 @@ mod tests {
                 "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
             ),
             ("LANDING_API_KEYS", "lk_R4t8Yq2Wn6Mz0Xc3Vb7Pa9Ls"),
+            ("LICENSE_SIGNING_KEY", SIGNING_SEED),
         ]
+    }
+
+    const SIGNING_SEED: &str = "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60";
+
+    fn with<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+        let mut all = strong_production();
+        all.retain(|(name, _)| !extra.iter().any(|(n, _)| n == name));
+        all.extend_from_slice(extra);
+        all
     }
 
     #[test]
@@ -628,6 +744,7 @@ mod tests {
             "JWT_SECRET is required",
             "ENCRYPTION_KEY must be 32 bytes",
             "LANDING_API_KEYS entry is weak",
+            "LICENSE_SIGNING_KEY is required",
         ] {
             assert!(text.contains(needle), "{needle} missing from {text}");
         }
@@ -710,6 +827,128 @@ mod tests {
         let mut listed: Vec<String> = VARIABLES.iter().map(|v| v.name.to_string()).collect();
         listed.sort();
         assert_eq!(documented, listed);
+    }
+
+    #[test]
+    fn the_license_signing_key_comes_from_its_seed_with_a_seven_day_grace() {
+        let config = Config::from_vars(vars(&strong_production())).unwrap();
+        let certifier = &config.license_certifier;
+        // RFC 8032 §7.1 test 1: this seed's public key.
+        let keys = certifier.public_keys_json();
+        assert_eq!(
+            keys["keys"][0]["publicKey"],
+            URL_SAFE_NO_PAD.encode(
+                (0..32)
+                    .map(|i| {
+                        let hex =
+                            "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
+                        u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap()
+                    })
+                    .collect::<Vec<u8>>()
+            )
+        );
+        assert_eq!(keys["keys"].as_array().unwrap().len(), 1);
+        assert_eq!(certifier.grace(), chrono::TimeDelta::days(7));
+        assert!(!format!("{config:?}").contains("9d61b19d"));
+    }
+
+    #[test]
+    fn retired_public_keys_and_the_grace_are_configurable() {
+        let retired = URL_SAFE_NO_PAD.encode(SigningKey::from_bytes(&[5; 32]).verifying_key());
+        let config = Config::from_vars(vars(&with(&[
+            ("LICENSE_SIGNING_PREVIOUS_KEYS", retired.as_str()),
+            ("LICENSE_OFFLINE_GRACE_DAYS", "14"),
+        ])))
+        .unwrap();
+        let keys = config.license_certifier.public_keys_json();
+        assert_eq!(keys["keys"][1]["publicKey"], retired);
+        assert_eq!(
+            config.license_certifier.grace(),
+            chrono::TimeDelta::days(14)
+        );
+    }
+
+    #[test]
+    fn bad_license_signing_settings_are_each_named() {
+        let err = Config::from_vars(vars(&with(&[
+            ("LICENSE_SIGNING_KEY", "c2hvcnQ="),
+            ("LICENSE_SIGNING_PREVIOUS_KEYS", "not-a-key, also not"),
+            ("LICENSE_OFFLINE_GRACE_DAYS", "0"),
+        ])))
+        .unwrap_err();
+        let text = err.to_string();
+        for needle in [
+            "LICENSE_SIGNING_KEY must be a 32-byte Ed25519 seed",
+            "LICENSE_SIGNING_PREVIOUS_KEYS entry 1 is not an Ed25519 public key",
+            "LICENSE_SIGNING_PREVIOUS_KEYS entry 2 is not an Ed25519 public key",
+            "LICENSE_OFFLINE_GRACE_DAYS must be a whole number of days from 1 to 90",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from {text}");
+        }
+        let same_as_encryption = strong_production()
+            .iter()
+            .find(|(n, _)| *n == "ENCRYPTION_KEY")
+            .unwrap()
+            .1;
+        let err = Config::from_vars(vars(&with(&[
+            ("LICENSE_SIGNING_KEY", same_as_encryption),
+            ("LICENSE_OFFLINE_GRACE_DAYS", "91"),
+        ])))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("must not be the ENCRYPTION_KEY"), "{err}");
+        assert!(err.contains("LICENSE_OFFLINE_GRACE_DAYS"), "{err}");
+    }
+
+    #[test]
+    fn development_generates_a_license_signing_key_once_and_keeps_it() {
+        let dir = std::env::temp_dir().join(format!("gw-config-{}", uuid::Uuid::new_v4()));
+        let dir_text = dir.to_string_lossy().to_string();
+        let first = Config::from_vars(vars(&[("DATA_DIR", &dir_text)])).unwrap();
+        let second = Config::from_vars(vars(&[("DATA_DIR", &dir_text)])).unwrap();
+        assert_eq!(
+            first.license_certifier.kid(),
+            second.license_certifier.kid()
+        );
+        let file: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("dev-secrets.json")).unwrap())
+                .unwrap();
+        assert!(parse_key(file["licenseSigningKey"].as_str().unwrap()).is_some());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn an_older_dev_secrets_file_gets_a_license_signing_key_and_keeps_the_rest() {
+        let dir = std::env::temp_dir().join(format!("gw-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let old = serde_json::json!({
+            "adminSecret": "kept-admin-secret-0123456789abcdef",
+            "jwtSecret": "kept-jwt-secret-0123456789abcdef0123",
+            "encryptionKey": STANDARD.encode([3u8; 32]),
+            "landingApiKey": "lk_kept_0123456789abcdef",
+            "bootstrapAdminEmail": "admin@localhost",
+            "bootstrapAdminPassword": "kept-password-123",
+        });
+        write_private(&dir.join("dev-secrets.json"), old.to_string().as_bytes()).unwrap();
+        let dir_text = dir.to_string_lossy().to_string();
+        let first = Config::from_vars(vars(&[("DATA_DIR", &dir_text)])).unwrap();
+        assert_eq!(
+            first.admin_secret.expose_secret(),
+            "kept-admin-secret-0123456789abcdef"
+        );
+        let second = Config::from_vars(vars(&[("DATA_DIR", &dir_text)])).unwrap();
+        assert_eq!(
+            first.license_certifier.kid(),
+            second.license_certifier.kid()
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join("dev-secrets.json");
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(!dir.join("dev-secrets.json.new").exists());
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

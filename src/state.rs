@@ -104,8 +104,22 @@ impl AppState {
         self.projections.iter().find(|p| p.name() == name)
     }
 
-    /// Waits until projection `name` includes every event committed so far: for a lookup
-    /// that found nothing and may only be early (a lead submitted a moment ago).
+    /// Waits until projection `name` includes the last event of `stream`: for a lookup
+    /// that found nothing and may only be early (a lead submitted a moment ago). `false`
+    /// when the stream has no events at all (nothing to wait for: it does not exist).
+    pub async fn catch_up_with(
+        &self,
+        name: &str,
+        stream: &eventstore::StreamId,
+    ) -> Result<bool, AppError> {
+        let Some(last) = self.store.read_stream(stream).await?.pop() else {
+            return Ok(false);
+        };
+        self.wait_for(name, last.cursor).await?;
+        Ok(true)
+    }
+
+    /// Waits until projection `name` includes everything the log's head names now.
     pub async fn catch_up(&self, name: &str) -> Result<(), AppError> {
         let head = self.store.head().await?;
         self.wait_for(name, head).await

@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
+use sqlx::PgConnection;
 use sqlx::types::Json;
 use uuid::Uuid;
 
@@ -96,6 +97,42 @@ RETURNING global_position, epoch, transaction_id, event_id, sequence, recorded_a
 
 type AppendedRow = (i64, i64, i64, Uuid, i64, DateTime<Utc>);
 
+/// The append statement with its parameters bound.
+fn append_query<'q>(
+    sql: &'q str,
+    stream: &'q StreamId,
+    expected: i64,
+    events: &'q [NewEvent],
+) -> sqlx::query::QueryAs<'q, sqlx::Postgres, AppendedRow, sqlx::postgres::PgArguments> {
+    let mut query = sqlx::query_as::<_, AppendedRow>(sql)
+        .bind(&stream.aggregate_type)
+        .bind(&stream.aggregate_id)
+        .bind(expected);
+    if events.len() <= MAX_VALUES_EVENTS {
+        for e in events {
+            query = query
+                .bind(e.event_id)
+                .bind(&e.event_type)
+                .bind(&e.event_version)
+                .bind(&e.payload)
+                .bind(Json(&e.metadata));
+        }
+    } else {
+        let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+        let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+        let versions: Vec<&str> = events.iter().map(|e| e.event_version.as_str()).collect();
+        let payloads: Vec<&Value> = events.iter().map(|e| &e.payload).collect();
+        let metadata: Vec<Json<&Metadata>> = events.iter().map(|e| Json(&e.metadata)).collect();
+        query = query
+            .bind(ids)
+            .bind(types)
+            .bind(versions)
+            .bind(payloads)
+            .bind(metadata);
+    }
+    query
+}
+
 impl EventStore {
     /// Appends `events` to `stream`, which must be at `expected_version` (0 for a stream
     /// that does not exist yet). All events commit together or not at all.
@@ -117,32 +154,7 @@ impl EventStore {
         let expected = to_i64(expected_version);
         let new_version = expected + events.len() as i64;
         let sql = append_sql(expected == 0, events.len());
-        let mut query = sqlx::query_as::<_, AppendedRow>(&sql)
-            .bind(&stream.aggregate_type)
-            .bind(&stream.aggregate_id)
-            .bind(expected);
-        if events.len() <= MAX_VALUES_EVENTS {
-            for e in events {
-                query = query
-                    .bind(e.event_id)
-                    .bind(&e.event_type)
-                    .bind(&e.event_version)
-                    .bind(&e.payload)
-                    .bind(Json(&e.metadata));
-            }
-        } else {
-            let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
-            let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
-            let versions: Vec<&str> = events.iter().map(|e| e.event_version.as_str()).collect();
-            let payloads: Vec<&Value> = events.iter().map(|e| &e.payload).collect();
-            let metadata: Vec<Json<&Metadata>> = events.iter().map(|e| Json(&e.metadata)).collect();
-            query = query
-                .bind(ids)
-                .bind(types)
-                .bind(versions)
-                .bind(payloads)
-                .bind(metadata);
-        }
+        let query = append_query(&sql, stream, expected, events);
         let result = query.fetch_all(&self.pool).await;
         let rows = match result {
             Ok(rows) => rows,
@@ -159,6 +171,61 @@ impl EventStore {
                 .await;
         }
         self.notify_appended();
+        metrics::counter!("eventstore_events_appended_total").increment(rows.len() as u64);
+        Ok(AppendOutcome {
+            version: new_version as u64,
+            events: stored(stream, events, rows)?,
+        })
+    }
+
+    /// [`EventStore::append`] inside the caller's transaction, so that the events commit
+    /// together with the caller's own rows (a lead's contact reservation and data key) in one
+    /// commit, or not at all.
+    ///
+    /// The caller must call [`EventStore::notify_appended`] after its commit (subscribers
+    /// woken earlier would not see the events yet and wait for their next poll). There is no
+    /// idempotent retry here: a lost race is [`StoreError::Conflict`], a reused event id an
+    /// error, and either leaves the transaction to be rolled back.
+    pub async fn append_in(
+        &self,
+        conn: &mut PgConnection,
+        stream: &StreamId,
+        expected_version: u64,
+        events: &[NewEvent],
+    ) -> Result<AppendOutcome, StoreError> {
+        if events.is_empty() {
+            return Ok(AppendOutcome {
+                version: expected_version,
+                events: Vec::new(),
+            });
+        }
+        let expected = to_i64(expected_version);
+        let new_version = expected + events.len() as i64;
+        let sql = append_sql(expected == 0, events.len());
+        let rows = match append_query(&sql, stream, expected, events)
+            .fetch_all(&mut *conn)
+            .await
+        {
+            Ok(rows) => rows,
+            Err(sqlx::Error::Database(db)) if db.constraint() == Some("events_event_id_key") => {
+                return Err(StoreError::DuplicateEventId);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if rows.is_empty() {
+            let actual: Option<i64> = sqlx::query_scalar(
+                "SELECT version FROM streams WHERE aggregate_type = $1 AND aggregate_id = $2",
+            )
+            .bind(&stream.aggregate_type)
+            .bind(&stream.aggregate_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+            return Err(StoreError::Conflict {
+                stream: stream.clone(),
+                expected: expected_version,
+                actual: actual.unwrap_or(0) as u64,
+            });
+        }
         metrics::counter!("eventstore_events_appended_total").increment(rows.len() as u64);
         Ok(AppendOutcome {
             version: new_version as u64,

@@ -190,6 +190,38 @@ where
         }
     }
 
+    /// [`CommandHandler::execute_new`] inside the caller's transaction: decides on a fresh
+    /// aggregate and appends with [`EventStore::append_in`], once. A conflict (the stream
+    /// exists after all) is returned, not retried, since the transaction is the caller's to
+    /// roll back; after committing, the caller calls [`EventStore::notify_appended`].
+    pub async fn execute_new_in(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        aggregate_id: &str,
+        command: A::Command,
+        metadata: &Metadata,
+    ) -> Result<CommandOutcome<A>, CommandError<A::Error>> {
+        let stream = Self::stream(aggregate_id);
+        let mut aggregate = A::default();
+        let sink = EventSink::default();
+        aggregate
+            .handle(command, &self.services, &sink)
+            .await
+            .map_err(CommandError::Domain)?;
+        let events = sink.collect().await;
+        let new_events = self.to_new_events(&events, metadata)?;
+        match self.store.append_in(conn, &stream, 0, &new_events).await {
+            Ok(outcome) => Ok(CommandOutcome {
+                aggregate,
+                version: outcome.version,
+                events,
+                stored: outcome.events,
+            }),
+            Err(StoreError::Conflict { .. }) => Err(CommandError::Conflict(stream)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     fn to_new_events(
         &self,
         events: &[A::Event],

@@ -40,7 +40,7 @@ pub use epoch::EpochCheck;
 pub use error::StoreError;
 pub use event::{AppendOutcome, Metadata, NewEvent, StoredEvent, StreamId};
 pub use read::{FenceStatus, read_page};
-pub use sealing::{MasterKey, SHREDDED, SealError, Sealed, Sealer};
+pub use sealing::{KeyRing, MasterKey, SHREDDED, SealError, Sealed, Sealer};
 pub use subscribe::{AppendWatcher, Subscription};
 
 use std::sync::Arc;

@@ -265,7 +265,7 @@ pub struct Sealer {
 }
 
 /// A `data_keys` row.
-#[derive(sqlx::FromRow)]
+#[derive(Clone, sqlx::FromRow)]
 struct StoredKey {
     key_id: String,
     master_key_id: String,
@@ -375,6 +375,94 @@ impl Sealer {
         sealed: &Sealed,
     ) -> Result<Option<T>, SealError> {
         from_json(self.open_with(conn, subject, sealed).await?)
+    }
+
+    /// [`Sealer::seal_json_new`] inside the caller's transaction: the new subject's key is
+    /// inserted there, so it commits with whatever the transaction writes (a lead's first
+    /// event) or not at all. A rolled-back or crashed creation leaves no orphan key, and no
+    /// separate commit is spent on the key. If the subject has a key already (only a stale
+    /// subject, never a freshly minted id), that key is used.
+    #[tracing::instrument(skip_all, fields(sealing.subject = subject))]
+    pub async fn seal_json_new_in<T: Serialize + ?Sized>(
+        &self,
+        conn: &mut PgConnection,
+        subject: &str,
+        value: &T,
+    ) -> Result<Sealed, SealError> {
+        let json = Zeroizing::new(serde_json::to_vec(value)?);
+        let mut fresh = Zeroizing::new([0u8; KEY_LEN]);
+        rand::rng().fill_bytes(fresh.as_mut_slice());
+        let minted = DataKey::new(&fresh);
+        // One statement: insert the key, or (the subject had one) return the existing row.
+        let stored: Option<StoredKey> = sqlx::query_as(
+            "WITH ins AS (
+                 INSERT INTO data_keys (subject, key_id, master_key_id, wrapped_key)
+                 VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (subject) DO NOTHING
+                 RETURNING 1
+             )
+             SELECT key_id, master_key_id, wrapped_key FROM data_keys
+              WHERE subject = $1 AND NOT EXISTS (SELECT 1 FROM ins)",
+        )
+        .bind(subject)
+        .bind(&minted.id)
+        .bind(self.master.id())
+        .bind(self.master.wrap(subject, &fresh))
+        .fetch_optional(&mut *conn)
+        .await?;
+        let key = match stored {
+            None => minted,
+            Some(stored) => self.master.unwrap(subject, stored)?,
+        };
+        Ok(key.seal(subject, &json))
+    }
+
+    /// The keys and tombstones of many subjects, read with one query on the caller's
+    /// connection (a projection opens a whole page of events with it). Opening through the
+    /// ring answers exactly like [`Sealer::open`] did at the moment of the read.
+    pub async fn key_ring(
+        &self,
+        conn: &mut PgConnection,
+        subjects: &[String],
+    ) -> Result<KeyRing, SealError> {
+        let mut ring = KeyRing {
+            master: Arc::clone(&self.master),
+            current: std::collections::HashMap::new(),
+            shredded: std::collections::HashSet::new(),
+        };
+        if subjects.is_empty() {
+            return Ok(ring);
+        }
+        // (subject, key id, master key id, wrapped key): the last two only for a live key.
+        type RingRow = (String, String, Option<String>, Option<Vec<u8>>);
+        let rows: Vec<RingRow> = sqlx::query_as(
+            "SELECT subject, key_id, master_key_id, wrapped_key
+               FROM data_keys WHERE subject = ANY($1)
+             UNION ALL
+             SELECT subject, key_id, NULL, NULL
+               FROM shredded_data_keys WHERE subject = ANY($1)",
+        )
+        .bind(subjects)
+        .fetch_all(&mut *conn)
+        .await?;
+        for (subject, key_id, master_key_id, wrapped_key) in rows {
+            match (master_key_id, wrapped_key) {
+                (Some(master_key_id), Some(wrapped_key)) => {
+                    ring.current.insert(
+                        subject,
+                        StoredKey {
+                            key_id,
+                            master_key_id,
+                            wrapped_key,
+                        },
+                    );
+                }
+                _ => {
+                    ring.shredded.insert((subject, key_id));
+                }
+            }
+        }
+        Ok(ring)
     }
 
     /// Deletes the subject's data key; returns whether there was one. Idempotent.
@@ -489,6 +577,57 @@ impl Sealer {
                 key_id: key_id.to_owned(),
             }),
         }
+    }
+}
+
+/// Wrapped keys and tombstones of a set of subjects, read at one moment
+/// ([`Sealer::key_ring`]). Keys are unwrapped per value and dropped at once, as in
+/// [`Sealer::open`]; the ring holds wrapped keys only.
+pub struct KeyRing {
+    master: Arc<MasterKey>,
+    current: std::collections::HashMap<String, StoredKey>,
+    shredded: std::collections::HashSet<(String, String)>,
+}
+
+impl KeyRing {
+    /// Like [`Sealer::open`]: the plaintext, `Ok(None)` for a shredded key, an error for a
+    /// value the subject's keys never sealed. A subject outside the ring reads as having no
+    /// key and no tombstone (an error).
+    pub fn open(&self, subject: &str, sealed: &Sealed) -> Result<Option<Vec<u8>>, SealError> {
+        let (key_id, bytes) = parse(sealed.as_str())?;
+        match self.current.get(subject) {
+            Some(stored) if stored.key_id == key_id => {
+                let key = self.master.unwrap(subject, stored.clone())?;
+                key.open(subject, &bytes).map(Some)
+            }
+            _ if self
+                .shredded
+                .contains(&(subject.to_owned(), key_id.to_owned())) =>
+            {
+                Ok(None)
+            }
+            _ => Err(SealError::KeyMismatch {
+                subject: subject.to_owned(),
+                key_id: key_id.to_owned(),
+            }),
+        }
+    }
+
+    pub fn open_json<T: DeserializeOwned>(
+        &self,
+        subject: &str,
+        sealed: &Sealed,
+    ) -> Result<Option<T>, SealError> {
+        from_json(self.open(subject, sealed)?)
+    }
+}
+
+impl fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyRing")
+            .field("subjects", &self.current.len())
+            .field("tombstones", &self.shredded.len())
+            .finish_non_exhaustive()
     }
 }
 

@@ -86,6 +86,71 @@ async fn projections_open_sealed_values_inside_their_transaction(pool: PgPool) {
 }
 
 #[sqlx::test(migrations = "../migrations")]
+async fn a_key_minted_in_a_transaction_exists_only_if_it_commits(pool: PgPool) {
+    let sealer = Sealer::new(pool.clone(), MASTER);
+
+    let mut tx = pool.begin().await.unwrap();
+    sealer
+        .seal_json_new_in(&mut tx, "lead:1", &personal())
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!(
+        key_rows(&pool, "lead:1").await,
+        0,
+        "a rolled-back key survived"
+    );
+
+    let mut tx = pool.begin().await.unwrap();
+    let sealed = sealer
+        .seal_json_new_in(&mut tx, "lead:1", &personal())
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let opened: Option<Personal> = sealer.open_json("lead:1", &sealed).await.unwrap();
+    assert_eq!(opened, Some(personal()));
+
+    // A subject that has a key keeps it: the value opens with the existing key.
+    let mut tx = pool.begin().await.unwrap();
+    let again = sealer
+        .seal_json_new_in(&mut tx, "lead:1", &personal())
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(again.key_id(), sealed.key_id());
+    assert_eq!(key_rows(&pool, "lead:1").await, 1);
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_key_ring_opens_a_page_of_subjects_like_open_does(pool: PgPool) {
+    let sealer = Sealer::new(pool.clone(), MASTER);
+    let kept = sealer.seal_json("lead:kept", &personal()).await.unwrap();
+    let gone = sealer.seal_json("lead:gone", &personal()).await.unwrap();
+    let foreign = sealer.seal_json("lead:other", &personal()).await.unwrap();
+    sealer.shred("lead:gone").await.unwrap();
+
+    let subjects: Vec<String> = ["lead:kept", "lead:gone", "lead:none"]
+        .map(String::from)
+        .to_vec();
+    let mut conn = pool.acquire().await.unwrap();
+    let ring = sealer.key_ring(&mut conn, &subjects).await.unwrap();
+    let opened: Option<Personal> = ring.open_json("lead:kept", &kept).unwrap();
+    assert_eq!(opened, Some(personal()));
+    assert_eq!(ring.open("lead:gone", &gone).unwrap(), None, "shredded");
+    // Sealed for another subject, or a subject without keys: an error, never garbage.
+    assert!(matches!(
+        ring.open("lead:kept", &foreign),
+        Err(SealError::KeyMismatch { .. })
+    ));
+    assert!(matches!(
+        ring.open("lead:none", &kept),
+        Err(SealError::KeyMismatch { .. })
+    ));
+    let empty = sealer.key_ring(&mut conn, &[]).await.unwrap();
+    assert!(empty.open("lead:kept", &kept).is_err());
+}
+
+#[sqlx::test(migrations = "../migrations")]
 async fn each_subject_gets_its_own_data_key_and_keeps_it(pool: PgPool) {
     let sealer = Sealer::new(pool.clone(), MASTER);
 

@@ -355,6 +355,66 @@ async fn a_stale_version_is_a_conflict_and_draws_no_position(pool: PgPool) {
 }
 
 #[sqlx::test(migrations = "../migrations")]
+async fn an_append_inside_a_transaction_commits_or_rolls_back_with_it(pool: PgPool) {
+    let store = EventStore::new(pool.clone());
+    let handler = CommandHandler::<Counter>::new(store.clone(), 10);
+
+    // Rolled back: neither the events nor the stream remain.
+    let mut tx = pool.begin().await.unwrap();
+    let outcome = handler
+        .execute_new_in(
+            &mut tx,
+            "a",
+            CounterCommand::Add(3),
+            &Metadata::actor("test"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcome.version, 1);
+    tx.rollback().await.unwrap();
+    assert_eq!(handler.load("a").await.unwrap().1, 0);
+    assert_eq!(
+        store
+            .stream_version(&StreamId::new("counter", "a"))
+            .await
+            .unwrap(),
+        0
+    );
+
+    // Committed: visible with the cursor the outcome named.
+    let mut tx = pool.begin().await.unwrap();
+    let outcome = handler
+        .execute_new_in(
+            &mut tx,
+            "a",
+            CounterCommand::Add(3),
+            &Metadata::actor("test"),
+        )
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    store.notify_appended();
+    let (counter, version) = handler.load("a").await.unwrap();
+    assert_eq!((counter.value, version), (3, 1));
+    let read = read_until(&store, Cursor::START, 1).await;
+    assert_eq!(read, vec![outcome.stored[0].event_id]);
+
+    // The stream exists now: a second creation in a transaction is a conflict, not a retry.
+    let mut tx = pool.begin().await.unwrap();
+    let err = handler
+        .execute_new_in(
+            &mut tx,
+            "a",
+            CounterCommand::Add(1),
+            &Metadata::actor("test"),
+        )
+        .await;
+    assert!(matches!(err, Err(CommandError::Conflict(_))), "{err:?}");
+    tx.rollback().await.unwrap();
+    assert_eq!(handler.load("a").await.unwrap().1, 1);
+}
+
+#[sqlx::test(migrations = "../migrations")]
 async fn reusing_an_event_id_elsewhere_is_refused(pool: PgPool) {
     let store = EventStore::new(pool.clone());
     let e = event(1);

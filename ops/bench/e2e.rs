@@ -35,13 +35,14 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
-use super::{Args, Ctx, Phase, cores, fmt_rate, probe, quartiles, verdict};
+use super::{Args, Ctx, Phase, Row, cores, fmt_rate, probe, quartiles, verdict};
 
 /// Fixed test secrets (like `tests/api/helpers.rs`); the gateway runs in development mode
 /// against a scratch database that is dropped afterwards.
 const ADMIN_SECRET: &str = "bench-admin-secret-0123456789abcdefXYZ";
 const JWT_SECRET: &str = "bench-jwt-secret-0123456789abcdefghijklmnop";
 const ENCRYPTION_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+const LICENSE_SIGNING_KEY: &str = "3Ua8RcFnUnHNA4HIPKfI5vli0hSTD1/cPjBdn/MJgEE=";
 const LANDING_KEY: &str = "lk_bench_0123456789abcdefghij";
 const ROOT_EMAIL: &str = "root@example.com";
 const ROOT_PASSWORD: &str = "Root-Password-123";
@@ -79,6 +80,7 @@ impl Gateway {
             ("JWT_SECRET", JWT_SECRET.into()),
             ("ENCRYPTION_KEY", ENCRYPTION_KEY.into()),
             ("LANDING_API_KEYS", LANDING_KEY.into()),
+            ("LICENSE_SIGNING_KEY", LICENSE_SIGNING_KEY.into()),
             ("BOOTSTRAP_ADMIN_EMAIL", ROOT_EMAIL.into()),
             ("BOOTSTRAP_ADMIN_PASSWORD", ROOT_PASSWORD.into()),
             // The bench client is the "proxy": X-Forwarded-For names the client.
@@ -196,13 +198,13 @@ pub(crate) fn database_url_for(base: &str, db: &str) -> Result<String> {
 }
 
 /// Runs the selected gateway phases against a fresh gateway on `db_opts` / `db_url`; the
-/// verdict lines.
+/// table rows.
 pub(crate) async fn run(
     args: &Args,
     db_opts: PgConnectOptions,
     db_url: &str,
     run_tag: &str,
-) -> Result<Vec<String>> {
+) -> Result<Vec<Row>> {
     let t0 = Instant::now();
     let (gateway, server) = Gateway::start(db_url).await?;
     let started = t0.elapsed();
@@ -217,6 +219,7 @@ pub(crate) async fn run(
             probe: tokio::sync::Mutex::new(db_opts.connect().await?),
             run_tag: run_tag.to_string(),
             db_opts: db_opts.clone(),
+            peer: None,
         });
         println!();
         println!(
@@ -323,7 +326,8 @@ fn lead_submission(c: u64) -> Submission {
     }
 }
 
-/// One landing submission: the lead's id once the gateway answered 201.
+/// One landing submission, answered 201: the submitted e-mail. It is what ties the POST to the
+/// lead's `NEW_LEAD` (the 201's id names the submission, never the lead).
 async fn submit(gateway: &Gateway, shared: &Shared, may_repeat: bool) -> Result<String> {
     let (ip, contact) = shared.next(may_repeat)?;
     let response = gateway
@@ -344,10 +348,13 @@ async fn submit(gateway: &Gateway, shared: &Shared, may_repeat: bool) -> Result<
         );
     }
     let body: Value = serde_json::from_slice(&body)?;
-    body["data"]["id"]
+    if body["data"]["id"].as_str().is_none() {
+        bail!("201 without data.id: {body}");
+    }
+    Ok(lead_form(contact)["email"]
         .as_str()
-        .map(str::to_string)
-        .ok_or_else(|| anyhow!("201 without data.id: {body}"))
+        .unwrap_or_default()
+        .to_string())
 }
 
 /// The row the raw baseline inserts: a real `LeadCreated` event's type, version, payload and
@@ -600,7 +607,7 @@ async fn landing_slice(
     })
 }
 
-async fn landing_bench(ctx: &Arc<Ctx>, gateway: &Gateway, shared: &Arc<Shared>) -> Result<String> {
+async fn landing_bench(ctx: &Arc<Ctx>, gateway: &Gateway, shared: &Arc<Shared>) -> Result<Row> {
     let gw = Arc::new(gateway.clone());
     let args = &ctx.args;
     let clients = args.landing_clients.max(1);
@@ -812,8 +819,16 @@ async fn landing_bench(ctx: &Arc<Ctx>, gateway: &Gateway, shared: &Arc<Shared>) 
             println!("  {line}");
         }
     }
+    let pooled_rate = |k: Kind| {
+        let mine: Vec<&Slice> = rounds.iter().flatten().filter(|s| s.kind == k).collect();
+        let counted: u64 = mine.iter().map(|s| s.counted).sum();
+        let secs: f64 = mine.iter().map(|s| s.secs).sum();
+        counted as f64 / secs
+    };
     Ok(verdict(
-        &format!("landing@{clients} clients"),
+        &format!("POST /v1/leads end to end, {clients} clients (projections, feed)"),
+        format!("{} subs/s", fmt_rate(pooled_rate(Kind::Landing))),
+        format!("raw INSERT {}/s", fmt_rate(pooled_rate(Kind::Raw))),
         landing_ratio,
         0.5,
     ))
@@ -893,8 +908,9 @@ async fn read_socket(
                         break;
                     }
                 };
-                match (value["type"].as_str(), value["data"]["id"].as_str()) {
-                    (Some("NEW_LEAD"), Some(id)) => log.received.push((id.to_string(), at)),
+                // Keyed by e-mail: the POST's answer names the submission, not the lead.
+                match (value["type"].as_str(), value["data"]["email"].as_str()) {
+                    (Some("NEW_LEAD"), Some(email)) => log.received.push((email.to_string(), at)),
                     _ => log.other_messages += 1,
                 }
             }
@@ -935,7 +951,7 @@ fn summary(xs: &mut [f64]) -> (f64, f64, f64) {
     (at(0.5), at(0.99), xs[xs.len() - 1])
 }
 
-async fn live_bench(ctx: &Arc<Ctx>, gateway: &Gateway, shared: &Arc<Shared>) -> Result<String> {
+async fn live_bench(ctx: &Arc<Ctx>, gateway: &Gateway, shared: &Arc<Shared>) -> Result<Row> {
     let args = &ctx.args;
     let sockets_wanted = args.live_sockets.max(1);
     let leads = args.live_leads.max(1);
@@ -1113,13 +1129,12 @@ async fn live_bench(ctx: &Arc<Ctx>, gateway: &Gateway, shared: &Arc<Shared>) -> 
          201 latency: the commit precedes both)."
     );
     let complete = delivered == expected && ended.is_empty();
-    Ok(format!(
-        "live feed@{sockets_wanted} sockets: {delivered}/{expected} delivered, commit(201)->delivery \
-         p50 {a50:.1} ms p99 {a99:.1} ms max {amax:.1} ms {}",
-        if complete {
-            "PASS (all delivered)"
-        } else {
-            "FAIL (deliveries missing)"
-        }
-    ))
+    Ok(Row {
+        measurement: format!("live feed, 201 -> NEW_LEAD on {sockets_wanted} sockets"),
+        figure: format!("p50 {a50:.1} ms, p99 {a99:.1} ms, max {amax:.1} ms"),
+        baseline: format!("{delivered}/{expected} delivered"),
+        ratio: None,
+        target: "all delivered".into(),
+        pass: Some(complete),
+    })
 }

@@ -8,7 +8,7 @@
 use aggregates::lead::{LeadEvent, LeadStatus, SealedText};
 use chrono::{DateTime, Utc};
 use eventstore::StoredEvent;
-use eventstore::sealing::{Sealed, Sealer};
+use eventstore::sealing::{KeyRing, Sealed, Sealer};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
@@ -71,39 +71,36 @@ impl LeadsProjection {
         Self { sealer }
     }
 
-    async fn open<T: serde::de::DeserializeOwned>(
+    fn open<T: serde::de::DeserializeOwned>(
         &self,
-        tx: &mut PgConnection,
+        ring: &KeyRing,
         lead_id: Uuid,
         sealed: &SealedText,
         event: &StoredEvent,
     ) -> Result<Option<T>, ProjectionError> {
-        self.sealer
-            .open_json_with(tx, &subject(lead_id), &Sealed::from(sealed.0.clone()))
-            .await
+        ring.open_json(&subject(lead_id), &Sealed::from(sealed.0.clone()))
             .map_err(|e| ProjectionError::event(event, e))
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn apply_one(
         &self,
         tx: &mut PgConnection,
+        ring: &KeyRing,
         event: &StoredEvent,
+        lead_id: Uuid,
+        lead_event: &LeadEvent,
+        created: &mut CreatedBatch,
         history: &mut HistoryBatch,
     ) -> Result<(), ProjectionError> {
-        if event.stream.aggregate_type != "lead" {
-            return Ok(());
+        if !matches!(lead_event, LeadEvent::LeadCreated { .. }) {
+            // Every other event changes a row that may still wait in the batch.
+            created.flush(tx).await?;
         }
-        let lead_id: Uuid = event
-            .stream
-            .aggregate_id
-            .parse()
-            .map_err(|e| ProjectionError::event(event, e))?;
-        let lead_event: LeadEvent = serde_json::from_value(event.payload.clone())
-            .map_err(|e| ProjectionError::event(event, e))?;
         let at = event.recorded_at;
         let position = event.global_position();
         let actor = event.metadata.actor.clone();
-        let (action, details): (&str, Value) = match &lead_event {
+        let (action, details): (&str, Value) = match lead_event {
             LeadEvent::LeadCreated {
                 personal,
                 source,
@@ -111,30 +108,19 @@ impl LeadsProjection {
                 utm_campaign,
                 submission_id,
             } => {
-                let p: Option<Personal> = self.open(tx, lead_id, personal, event).await?;
+                let p: Option<Personal> = self.open(ring, lead_id, personal, event)?;
                 let p = storable(p.unwrap_or_else(erased_personal));
-                let search = search_text(&p);
-                sqlx::query(
-                    "INSERT INTO leads (id, name, email, phone, company, message, source, utm_source,
-                                        utm_campaign, status, search, erased, created_at, updated_at, last_position)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'new', $10, $11, $12, $12, $13)
-                     ON CONFLICT (id) DO NOTHING",
-                )
-                .bind(lead_id)
-                .bind(&p.name)
-                .bind(&p.email)
-                .bind(&p.phone)
-                .bind(&p.company)
-                .bind(&p.message)
-                .bind(source.as_str())
-                .bind(pg_text_opt(utm_source.as_deref()))
-                .bind(pg_text_opt(utm_campaign.as_deref()))
-                .bind(&search)
-                .bind(p.name == ERASED)
-                .bind(at)
-                .bind(position)
-                .execute(&mut *tx)
-                .await?;
+                created.push(CreatedRow {
+                    id: lead_id,
+                    search: search_text(&p),
+                    erased: p.name == ERASED,
+                    personal: p,
+                    source: source.as_str(),
+                    utm_source: pg_text_opt(utm_source.as_deref()).map(|t| t.into_owned()),
+                    utm_campaign: pg_text_opt(utm_campaign.as_deref()).map(|t| t.into_owned()),
+                    at,
+                    position,
+                });
                 (
                     "created",
                     json!({"source": source.as_str(), "utmSource": utm_source, "utmCampaign": utm_campaign,
@@ -147,7 +133,7 @@ impl LeadsProjection {
                 utm_campaign,
                 submission_id,
             } => {
-                let p: Option<Personal> = self.open(tx, lead_id, personal, event).await?;
+                let p: Option<Personal> = self.open(ring, lead_id, personal, event)?;
                 let message = p
                     .as_ref()
                     .map_or(Some(ERASED.to_string()), |p| p.message.clone());
@@ -191,8 +177,7 @@ impl LeadsProjection {
             LeadEvent::LeadNotesSet { notes } => {
                 let text: Option<String> = match notes {
                     Some(sealed) => Some(
-                        self.open::<String>(tx, lead_id, sealed, event)
-                            .await?
+                        self.open::<String>(ring, lead_id, sealed, event)?
                             .map_or_else(|| ERASED.into(), |t| pg_text(&t).into_owned()),
                     ),
                     None => None,
@@ -212,8 +197,7 @@ impl LeadsProjection {
                 occurred_at,
             } => {
                 let text = self
-                    .open::<String>(tx, lead_id, note, event)
-                    .await?
+                    .open::<String>(ring, lead_id, note, event)?
                     .unwrap_or_else(|| ERASED.into());
                 self.touch(tx, lead_id, at, position, "").await?;
                 (
@@ -307,12 +291,159 @@ impl Projection for LeadsProjection {
         events: &'a [StoredEvent],
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(async move {
-            let mut history = HistoryBatch::default();
+            // Decode the page first, so that one query fetches the data keys of all its leads.
+            let mut decoded = Vec::with_capacity(events.len());
             for event in events {
-                self.apply_one(tx, event, &mut history).await?;
+                if event.stream.aggregate_type != "lead" {
+                    continue;
+                }
+                let lead_id: Uuid = event
+                    .stream
+                    .aggregate_id
+                    .parse()
+                    .map_err(|e| ProjectionError::event(event, e))?;
+                let lead_event: LeadEvent = serde_json::from_value(event.payload.clone())
+                    .map_err(|e| ProjectionError::event(event, e))?;
+                decoded.push((event, lead_id, lead_event));
             }
+            let mut subjects: Vec<String> = decoded
+                .iter()
+                .filter(|(_, _, e)| carries_sealed(e))
+                .map(|(_, id, _)| subject(*id))
+                .collect();
+            subjects.sort_unstable();
+            subjects.dedup();
+            // A database error here is the page's; a sealing error is a database error too
+            // (the ring only reads), so the first event names it.
+            let ring = match self.sealer.key_ring(tx, &subjects).await {
+                Ok(ring) => ring,
+                Err(e) => return Err(ProjectionError::event(decoded[0].0, e)),
+            };
+            let mut created = CreatedBatch::default();
+            let mut history = HistoryBatch::default();
+            for (event, lead_id, lead_event) in &decoded {
+                self.apply_one(
+                    tx,
+                    &ring,
+                    event,
+                    *lead_id,
+                    lead_event,
+                    &mut created,
+                    &mut history,
+                )
+                .await?;
+            }
+            created.flush(tx).await?;
             history.flush(tx).await
         })
+    }
+}
+
+/// Whether the event holds a sealed value the projection opens.
+fn carries_sealed(event: &LeadEvent) -> bool {
+    matches!(
+        event,
+        LeadEvent::LeadCreated { .. }
+            | LeadEvent::LeadResubmitted { .. }
+            | LeadEvent::LeadNotesSet { notes: Some(_) }
+            | LeadEvent::LeadActivityLogged { .. }
+    )
+}
+
+/// A lead row as `LeadCreated` makes it.
+struct CreatedRow {
+    id: Uuid,
+    personal: Personal,
+    search: String,
+    erased: bool,
+    source: &'static str,
+    utm_source: Option<String>,
+    utm_campaign: Option<String>,
+    at: DateTime<Utc>,
+    position: i64,
+}
+
+/// New lead rows of a page, inserted with one statement: at the end of the page, or before
+/// any other event that might change one of them.
+#[derive(Default)]
+struct CreatedBatch {
+    rows: Vec<CreatedRow>,
+}
+
+impl CreatedBatch {
+    fn push(&mut self, row: CreatedRow) {
+        self.rows.push(row);
+    }
+
+    async fn flush(&mut self, tx: &mut PgConnection) -> Result<(), ProjectionError> {
+        if self.rows.is_empty() {
+            return Ok(());
+        }
+        let rows = std::mem::take(&mut self.rows);
+        let n = rows.len();
+        let (mut ids, mut names, mut emails, mut phones) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut companies, mut messages, mut sources, mut utm_sources, mut utm_campaigns) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut searches, mut erased, mut ats, mut positions) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for r in rows {
+            ids.push(r.id);
+            names.push(r.personal.name);
+            emails.push(r.personal.email);
+            phones.push(r.personal.phone);
+            companies.push(r.personal.company);
+            messages.push(r.personal.message);
+            sources.push(r.source);
+            utm_sources.push(r.utm_source);
+            utm_campaigns.push(r.utm_campaign);
+            searches.push(r.search);
+            erased.push(r.erased);
+            ats.push(r.at);
+            positions.push(r.position);
+        }
+        // Arrays, not a multi-row VALUES: one statement text whatever the page holds.
+        sqlx::query(
+            "INSERT INTO leads (id, name, email, phone, company, message, source, utm_source,
+                                utm_campaign, status, search, erased, created_at, updated_at, last_position)
+             SELECT id, name, email, phone, company, message, source, utm_source, utm_campaign,
+                    'new', search, erased, at, at, position
+               FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                           $7::text[], $8::text[], $9::text[], $10::text[], $11::bool[],
+                           $12::timestamptz[], $13::bigint[])
+                    AS r(id, name, email, phone, company, message, source, utm_source,
+                         utm_campaign, search, erased, at, position)
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(ids)
+        .bind(names)
+        .bind(emails)
+        .bind(phones)
+        .bind(companies)
+        .bind(messages)
+        .bind(sources)
+        .bind(utm_sources)
+        .bind(utm_campaigns)
+        .bind(searches)
+        .bind(erased)
+        .bind(ats)
+        .bind(positions)
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
     }
 }
 
@@ -516,19 +647,8 @@ impl LeadFilter {
         if let Some(status) = self.status {
             q.push(" AND status = ").push_bind(status.as_str());
         }
-        if let Some(search) = self
-            .search
-            .as_deref()
-            .map(fold)
-            .filter(|s| !s.trim().is_empty())
-        {
-            let escaped = search
-                .trim()
-                .replace('\\', "\\\\")
-                .replace('%', "\\%")
-                .replace('_', "\\_");
-            q.push(" AND search LIKE ")
-                .push_bind(format!("%{escaped}%"));
+        if let Some(pattern) = self.search.as_deref().and_then(crate::contains_pattern) {
+            q.push(" AND search LIKE ").push_bind(pattern);
         }
         if let Some(assigned) = &self.assigned_to {
             q.push(" AND assigned_to = ").push_bind(assigned.clone());

@@ -25,6 +25,21 @@ pub fn rfc3339(at: chrono::DateTime<chrono::Utc>) -> String {
     at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// A `LIKE` pattern matching folded text that contains `search` (folded the same way, see
+/// [`leads::fold`]), with `\`, `%` and `_` taken literally; `None` for a blank search.
+pub fn contains_pattern(search: &str) -> Option<String> {
+    let folded = leads::fold(search);
+    let trimmed = folded.trim();
+    if trimmed.is_empty() {
+        return None;
+    }
+    let escaped = trimmed
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
+    Some(format!("%{escaped}%"))
+}
+
 /// Text as Postgres can hold it. Read models are total over the log: whatever text an event
 /// holds, the projection stores something rather than stopping. U+0000 is the one character
 /// valid UTF-8 may carry that no `text` column or `jsonb` value accepts; it becomes U+FFFD.

@@ -267,7 +267,8 @@ async fn apply_one(
             ("reactivated", json!({}))
         }
         LicenseEvent::LicenseRevoked { .. } => {
-            touch("UPDATE licenses SET state = 'revoked', updated_at = $2, last_position = $3 WHERE id = $1")
+            // The gateway deletes the bot's webhook when it revokes a license.
+            touch("UPDATE licenses SET state = 'revoked', telegram_webhook_active = false, updated_at = $2, last_position = $3 WHERE id = $1")
                 .execute(&mut *tx)
                 .await?;
             ("revoked", json!({}))
@@ -573,19 +574,8 @@ impl LicenseFilter {
             }
             None => {}
         }
-        if let Some(search) = self
-            .search
-            .as_deref()
-            .map(fold)
-            .filter(|s| !s.trim().is_empty())
-        {
-            let escaped = search
-                .trim()
-                .replace('\\', "\\\\")
-                .replace('%', "\\%")
-                .replace('_', "\\_");
-            q.push(" AND (search LIKE ")
-                .push_bind(format!("%{escaped}%"));
+        if let Some(pattern) = self.search.as_deref().and_then(crate::contains_pattern) {
+            q.push(" AND (search LIKE ").push_bind(pattern);
             if let Some(digest) = &self.key_digest {
                 q.push(" OR key_digest = ").push_bind(digest.clone());
             }
@@ -668,14 +658,6 @@ pub async fn history(pool: &PgPool, id: Uuid) -> Result<Vec<HistoryRow>, sqlx::E
     .await
 }
 
-/// How many licenses use the plan `slug` (a plan in use is not deleted).
-pub async fn count_with_package(pool: &PgPool, slug: &str) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT count(*) FROM licenses WHERE package_type = $1")
-        .bind(slug)
-        .fetch_one(pool)
-        .await
-}
-
 /// License owners grouped by VKN, else by company name (case- and Turkish-letter-folded).
 pub async fn customers(
     pool: &PgPool,
@@ -684,15 +666,7 @@ pub async fn customers(
     limit: i64,
 ) -> Result<(Vec<(String, Vec<LicenseRow>)>, i64), sqlx::Error> {
     let group = "coalesce('vkn:' || company_vkn, 'company:' || lower(company_name))";
-    let pattern = search.map(fold).filter(|s| !s.trim().is_empty()).map(|s| {
-        format!(
-            "%{}%",
-            s.trim()
-                .replace('\\', "\\\\")
-                .replace('%', "\\%")
-                .replace('_', "\\_")
-        )
-    });
+    let pattern = search.and_then(crate::contains_pattern);
     let total: i64 = sqlx::query_scalar(&format!(
         "SELECT count(DISTINCT {group}) FROM licenses WHERE $1::text IS NULL OR search LIKE $1"
     ))

@@ -96,6 +96,11 @@ pub struct RunnerConfig {
     /// lock, and with it the leadership, after this long. Must exceed the store's poll
     /// interval and the takeover interval, which are the longest a healthy runner idles.
     pub idle_session_timeout: Duration,
+    /// After a page that was not full, wait this long before reading the next one, so that
+    /// under a stream of appends the next page gathers several events instead of one: every
+    /// page costs a read, a checkpoint and a commit whatever its size. An event that arrives
+    /// while the projection is idle is read at once; only events right behind a page wait.
+    pub gather: Duration,
 }
 
 impl Default for RunnerConfig {
@@ -107,6 +112,7 @@ impl Default for RunnerConfig {
             max_backoff: Duration::from_secs(30),
             step_timeout: Duration::from_secs(60),
             idle_session_timeout: Duration::from_secs(60),
+            gather: Duration::from_millis(5),
         }
     }
 }
@@ -436,6 +442,13 @@ impl Runner {
                         s.checkpoint = last;
                         s.events_handled += n as i64;
                     });
+                    if (n as i64) < self.config.page_size
+                        && !self.config.gather.is_zero()
+                        && self.sleep_or_shutdown(self.config.gather).await
+                    {
+                        let _ = conn.close().await;
+                        return Ok(TermEnd::Shutdown);
+                    }
                 }
                 Step::Poison(e) => {
                     return self.bounded(self.fail(&mut conn, &e)).await;

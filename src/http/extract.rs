@@ -76,6 +76,33 @@ pub fn nul_path(value: &Value, at: String) -> Option<String> {
     }
 }
 
+/// For `Option<Option<T>>` body fields: `null` clears, a missing key leaves alone (use with
+/// `#[serde(default, deserialize_with = "double_option")]`).
+pub fn double_option<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    <Option<T> as serde::Deserialize>::deserialize(deserializer).map(Some)
+}
+
+/// `page` (1…1 000 000, default 1) and `limit` (1…100, default 20) of a list query (SPEC §1).
+pub fn page_params(q: &std::collections::HashMap<String, String>) -> Result<(i64, i64), AppError> {
+    let number = |k: &str, default: i64, max: i64| -> Result<i64, AppError> {
+        match q.get(k) {
+            None => Ok(default),
+            Some(v) => v
+                .parse::<i64>()
+                .ok()
+                .filter(|n| (1..=max).contains(n))
+                .ok_or_else(|| {
+                    AppError::validation(k, format!("{k} 1 ile {max} arasında bir sayı olmalı"))
+                }),
+        }
+    };
+    Ok((number("page", 1, 1_000_000)?, number("limit", 20, 100)?))
+}
+
 fn json_rejection(rejection: JsonRejection) -> AppError {
     match rejection {
         JsonRejection::MissingJsonContentType(_) => AppError::unsupported_media_type(),
@@ -105,8 +132,13 @@ fn data_error(path: &str, reason: &str) -> AppError {
         Some(reason[start..start + end].to_string())
     };
     let child = |name: String| {
-        if path.is_empty() {
-            name
+        // serde_path_to_error already names the field for some errors.
+        if path.is_empty() || path == name || path.ends_with(&format!(".{name}")) {
+            if path.is_empty() {
+                name
+            } else {
+                path.to_string()
+            }
         } else {
             format!("{path}.{name}")
         }

@@ -44,6 +44,7 @@ pub fn api() -> Router<AppState> {
         .merge(crate::licenses::admin_router())
         .merge(crate::licenses::devices::admin_router())
         .merge(crate::licenses::devices::desktop_router())
+        .merge(crate::licenses::certificate::router())
         .merge(crate::live::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

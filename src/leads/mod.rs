@@ -72,6 +72,11 @@ impl LeadService {
     /// Creates a lead, or adds a resubmission to the open lead that already has this e-mail
     /// or phone. Two concurrent submissions of one contact meet at the `lead_contacts`
     /// reservation, so only one of them creates.
+    ///
+    /// A new lead costs one commit: the reservation, the lead's data key and `LeadCreated`
+    /// are written in one transaction. A concurrent submission of the same contact waits at
+    /// the reservation's row until that commit and then finds a lead that exists; a crash or
+    /// error before it leaves no reservation, no key and no event behind.
     pub async fn submit(
         &self,
         submission: Submission,
@@ -81,6 +86,7 @@ impl LeadService {
         let deadline = Instant::now() + SUBMIT_DEADLINE;
         while Instant::now() < deadline {
             let new_id = Uuid::now_v7();
+            let mut tx = self.pool.begin().await?;
             let rows: Vec<(Uuid, bool)> = sqlx::query_as(
                 "INSERT INTO lead_contacts (digest, lead_id) SELECT d, $2 FROM unnest($1::text[]) AS d
                  ON CONFLICT (digest) DO UPDATE SET digest = EXCLUDED.digest
@@ -88,26 +94,32 @@ impl LeadService {
             )
             .bind(&digests)
             .bind(new_id)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *tx)
             .await?;
             let existing = rows
                 .iter()
                 .find(|(_, inserted)| !inserted)
                 .map(|(id, _)| *id);
             let Some(existing) = existing else {
-                return self.create(new_id, submission, metadata).await;
+                return self.create(tx, new_id, &submission, metadata).await;
             };
             if rows.iter().any(|(_, inserted)| *inserted) {
+                // The part of the contact that was new joins the lead that owns the rest.
                 sqlx::query("UPDATE lead_contacts SET lead_id = $1 WHERE lead_id = $2")
                     .bind(existing)
                     .bind(new_id)
-                    .execute(&self.pool)
+                    .execute(&mut *tx)
                     .await?;
+                tx.commit().await?;
+            } else {
+                // Nothing to keep: a rollback spares the commit's WAL flush.
+                tx.rollback().await?;
             }
             let (lead, _) = self.handler.load(&existing.to_string()).await?;
             if !lead.exists() {
-                // Another request reserved this contact and is creating the lead right now,
-                // or crashed doing so. Wait for the first; take over from the second.
+                // Reservations commit with their lead, so this is one left by a creator that
+                // predates that (or by an instance still running older code): wait for a
+                // creator that may be at work; take over from one that is surely gone.
                 if self.reservation_age(existing).await? < CREATOR_GRACE {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                     continue;
@@ -145,46 +157,41 @@ impl LeadService {
         Err(AppError::concurrent_modification())
     }
 
+    /// Seals the personal data under a new key and appends `LeadCreated`, in the
+    /// transaction that holds the contact's fresh reservation; commits all three at once.
     async fn create(
         &self,
+        mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
         lead_id: Uuid,
-        submission: Submission,
+        submission: &Submission,
         metadata: &Metadata,
     ) -> Result<Submitted, AppError> {
         // The id was minted a moment ago: no key to look up, no stream to load.
-        let submission_id = submission.id;
-        let result = async {
-            let sealed = self
-                .sealer
-                .seal_json_new(&subject(lead_id), &submission.personal)
-                .await
-                .map_err(AppError::internal)?;
-            let command = LeadCommand::Create {
-                personal: SealedText(sealed.to_string()),
-                source: submission.source,
-                utm_source: submission.utm_source,
-                utm_campaign: submission.utm_campaign,
-                submission_id: Some(submission.id),
-            };
-            self.handler
-                .execute_new(&lead_id.to_string(), command, metadata)
-                .await
-                .map_err(command_error)
-        }
-        .await;
-        match result {
-            Ok(outcome) => Ok(Submitted {
-                lead_id,
-                submission_id,
-                created: true,
-                cursor: outcome.cursor(),
-            }),
-            Err(e) => {
-                let _ = self.release(lead_id).await;
-                let _ = self.sealer.shred(&subject(lead_id)).await;
-                Err(e)
-            }
-        }
+        let sealed = self
+            .sealer
+            .seal_json_new_in(&mut tx, &subject(lead_id), &submission.personal)
+            .await
+            .map_err(AppError::internal)?;
+        let command = LeadCommand::Create {
+            personal: SealedText(sealed.to_string()),
+            source: submission.source,
+            utm_source: submission.utm_source.clone(),
+            utm_campaign: submission.utm_campaign.clone(),
+            submission_id: Some(submission.id),
+        };
+        let outcome = self
+            .handler
+            .execute_new_in(&mut tx, &lead_id.to_string(), command, metadata)
+            .await
+            .map_err(command_error)?;
+        tx.commit().await?;
+        self.handler.store().notify_appended();
+        Ok(Submitted {
+            lead_id,
+            submission_id: submission.id,
+            created: true,
+            cursor: outcome.cursor(),
+        })
     }
 
     async fn seal_personal(

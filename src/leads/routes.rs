@@ -264,22 +264,6 @@ fn filter_from(q: &HashMap<String, String>) -> AppResult<LeadFilter> {
     })
 }
 
-fn page_from(q: &HashMap<String, String>) -> AppResult<(i64, i64)> {
-    let number = |k: &str, default: i64, max: i64| -> AppResult<i64> {
-        match q.get(k) {
-            None => Ok(default),
-            Some(v) => match v.parse::<i64>() {
-                Ok(n) if (1..=max).contains(&n) => Ok(n),
-                _ => Err(AppError::validation(
-                    k,
-                    format!("{k} 1 ile {max} arasında bir sayı olmalı"),
-                )),
-            },
-        }
-    };
-    Ok((number("page", 1, 1_000_000)?, number("limit", 20, 100)?))
-}
-
 async fn list_leads(
     State(state): State<AppState>,
     admin: AdminPrincipal,
@@ -287,7 +271,7 @@ async fn list_leads(
 ) -> AppResult<Json<Value>> {
     admin.require(Permission::Leads, false)?;
     let filter = filter_from(&q)?;
-    let (page, limit) = page_from(&q)?;
+    let (page, limit) = crate::http::extract::page_params(&q)?;
     let sort = match q.get("sortBy") {
         None => SortBy::CreatedAt,
         Some(s) => SortBy::parse(s)
@@ -374,22 +358,13 @@ async fn get_lead(
     Ok(ok(lead_detail(&state, lead_id(&id)?).await?))
 }
 
-/// `null` clears a field; a missing key leaves it alone.
-fn double_option<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    Option::<T>::deserialize(deserializer).map(Some)
-}
-
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct LeadPatch {
     status: Option<String>,
-    #[serde(default, deserialize_with = "double_option")]
+    #[serde(default, deserialize_with = "crate::http::extract::double_option")]
     assigned_to: Option<Option<String>>,
-    #[serde(default, deserialize_with = "double_option")]
+    #[serde(default, deserialize_with = "crate::http::extract::double_option")]
     notes: Option<Option<String>>,
 }
 

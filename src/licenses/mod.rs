@@ -9,6 +9,7 @@
 //! the two is completed by [`LicenseService::complete_conversions`] at start and every few
 //! minutes.
 
+pub mod certificate;
 pub mod devices;
 pub mod keys;
 pub mod mail;
@@ -56,6 +57,40 @@ pub fn plan_id_for_slug(slug: &str) -> Uuid {
     let mut bytes = [0u8; 16];
     bytes.copy_from_slice(&digest[..16]);
     uuid::Builder::from_custom_bytes(bytes).into_uuid()
+}
+
+/// Advisory lock class of plan usage (the projection runner uses 0x0D00001, the
+/// super-admin lock 0x0D00002): creating a license holds its plan's key shared, deleting a
+/// plan holds it exclusive, so no license is created with a plan being deleted.
+const PLAN_LOCK_CLASS: i32 = 0x0D0_0003;
+
+/// A plan's usage lock, held for the life of a transaction that does nothing else (it takes
+/// no xid, so it never holds back the event store's read fence).
+pub struct PlanLock {
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+}
+
+impl PlanLock {
+    /// Shared (`exclusive: false`) for a license being created, exclusive for a deletion.
+    pub async fn acquire(pool: &PgPool, slug: &str, exclusive: bool) -> Result<Self, AppError> {
+        let mut tx = pool.begin().await?;
+        let sql = if exclusive {
+            "SELECT pg_advisory_xact_lock($1, hashtext($2))"
+        } else {
+            "SELECT pg_advisory_xact_lock_shared($1, hashtext($2))"
+        };
+        sqlx::query(sql)
+            .bind(PLAN_LOCK_CLASS)
+            .bind(slug)
+            .execute(&mut *tx)
+            .await?;
+        Ok(Self { tx })
+    }
+
+    pub async fn release(self) -> Result<(), AppError> {
+        self.tx.commit().await?;
+        Ok(())
+    }
 }
 
 /// A license to create, validated; secrets still in clear (sealed by [`LicenseService`]).
@@ -220,6 +255,19 @@ impl LicenseService {
             .telegram_bot_token
             .as_deref()
             .map(|t| self.telegram_bot(t, new.telegram_bot_username.clone()));
+        // The plan must still exist while its license is written (a deletion waits).
+        let plan_lock = PlanLock::acquire(&self.pool, &new.package, false).await?;
+        let (plan, _) =
+            CommandHandler::<aggregates::plan::Plan>::new(self.licenses.store().clone(), ())
+                .load(&plan_id_for_slug(&new.package).to_string())
+                .await?;
+        if !plan.exists() {
+            let _ = plan_lock.release().await;
+            return Err(AppError::validation(
+                "packageType",
+                "Bilinmeyen veya pasif paket",
+            ));
+        }
         let command = LicenseCommand::Create {
             key: self.seal(&key),
             key_digest: key_digest.clone(),
@@ -233,11 +281,12 @@ impl LicenseService {
             lead_id: new.lead_id,
             now: Utc::now(),
         };
-        let outcome = match self
+        let created = self
             .licenses
             .execute_new(&license_id.to_string(), command, metadata)
-            .await
-        {
+            .await;
+        plan_lock.release().await?;
+        let outcome = match created {
             Ok(outcome) => outcome,
             Err(e) => {
                 let _ = sqlx::query("DELETE FROM license_keys WHERE digest = $1")
@@ -357,6 +406,34 @@ impl LicenseService {
             tracing::info!(completed, "half-done lead conversions completed");
         }
         Ok(completed)
+    }
+
+    /// `deleteWebhook`, best effort: a failure is logged (the bot then calls a URL that
+    /// refuses it for want of the current secret).
+    async fn delete_webhook(&self, license_id: Uuid, token: &str) {
+        if let Err(e) = self.telegram.delete_webhook(token).await {
+            tracing::warn!(license.id = %license_id, error = %e, "Telegram deleteWebhook failed");
+        }
+    }
+
+    /// Revokes the license (final) and takes its bot's webhook down.
+    pub async fn revoke(
+        &self,
+        license_id: Uuid,
+        metadata: &Metadata,
+    ) -> Result<CommandOutcome<License>, AppError> {
+        let outcome = self
+            .execute(
+                license_id,
+                LicenseCommand::Revoke { now: Utc::now() },
+                metadata,
+            )
+            .await?;
+        if let Some(bot) = self.telegram_from_stream(license_id).await? {
+            let token = self.open(&bot.token.0)?;
+            self.delete_webhook(license_id, &token).await;
+        }
+        Ok(outcome)
     }
 
     /// Calls `setWebhook` with the license's bot token and secret and records the outcome.
@@ -507,12 +584,18 @@ impl LicenseService {
             .await?;
         let mut cursor = outcome.cursor();
         let mut webhook = None;
-        if removed && let Some(old) = old_token {
-            let token = self.open(&old)?;
-            if let Err(e) = self.telegram.delete_webhook(&token).await {
-                tracing::warn!(license.id = %license_id, error = %e, "Telegram deleteWebhook failed");
+        // The old bot stops calling us: removed, or replaced by another bot.
+        if let Some(old) = old_token {
+            let old = self.open(&old)?;
+            let replaced = match self.telegram_from_stream(license_id).await? {
+                Some(bot) => self.open(&bot.token.0)? != old,
+                None => true,
+            };
+            if removed || replaced {
+                self.delete_webhook(license_id, &old).await;
             }
-        } else if new_bot {
+        }
+        if new_bot {
             let (result, c) = self.setup_webhook(license_id, metadata).await?;
             webhook = Some(result);
             cursor = c.or(cursor);

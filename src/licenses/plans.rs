@@ -286,10 +286,17 @@ async fn delete_plan(
     let current = read::by_id(&state.pool, id)
         .await?
         .ok_or_else(plan_not_found)?;
-    // Licenses are counted from the read model after it caught up with the log's head; a
-    // license created in the same instant with this plan is the one race left (ADR 0009).
-    state.catch_up(projections::licenses::NAME).await?;
-    let using = projections::licenses::count_with_package(&state.pool, &current.slug).await?;
+    // Under the plan's exclusive lock no license with it is being created, and the log (not
+    // a read model that may trail it) says how many exist.
+    let lock = super::PlanLock::acquire(&state.pool, &current.slug, true).await?;
+    let using: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events
+          WHERE aggregate_type = 'license' AND event_type = 'LicenseCreated'
+            AND payload->'LicenseCreated'->>'package' = $1",
+    )
+    .bind(&current.slug)
+    .fetch_one(&state.pool)
+    .await?;
     let outcome = CommandHandler::<Plan>::new(state.store.clone(), ())
         .execute(
             &id.to_string(),
@@ -299,8 +306,9 @@ async fn delete_plan(
             &context.metadata(admin.actor()),
         )
         .await
-        .map_err(command_error)?;
-    if let Some(cursor) = outcome.cursor() {
+        .map_err(command_error);
+    lock.release().await?;
+    if let Some(cursor) = outcome?.cursor() {
         state.wait_for(read::NAME, cursor).await?;
     }
     Ok(ok(json!({"deleted": true, "id": id})))

@@ -13,7 +13,7 @@ use axum::{Json, Router};
 use chrono::Utc;
 use eventstore::Cursor;
 use projections::licenses::{self as read, LicenseFilter, LicenseSort};
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -93,15 +93,6 @@ async fn answer(state: &AppState, id: Uuid, cursor: Option<Cursor>) -> AppResult
 }
 
 // ---- input ----------------------------------------------------------------------------
-
-/// `null` clears a field; a missing key leaves it alone.
-fn double_option<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    Option::<T>::deserialize(deserializer).map(Some)
-}
 
 fn owner_email(raw: &str) -> AppResult<String> {
     contact::normalise_email(raw)
@@ -188,8 +179,17 @@ async fn plan(state: &AppState, slug: &str) -> AppResult<projections::plans::Pla
     let plan = match projections::plans::by_slug(&state.pool, slug.trim()).await? {
         Some(plan) => Some(plan),
         None => {
-            state.catch_up(projections::plans::NAME).await?;
-            projections::plans::by_slug(&state.pool, slug.trim()).await?
+            let stream = eventstore::CommandHandler::<aggregates::plan::Plan>::stream(
+                &super::plan_id_for_slug(slug.trim()).to_string(),
+            );
+            if state
+                .catch_up_with(projections::plans::NAME, &stream)
+                .await?
+            {
+                projections::plans::by_slug(&state.pool, slug.trim()).await?
+            } else {
+                None
+            }
         }
     };
     plan.filter(|p| p.is_active)
@@ -347,7 +347,14 @@ async fn convert_lead(
     let lead = match projections::leads::get(&state.pool, lead_id).await? {
         Some(lead) => lead,
         None => {
-            state.catch_up(projections::leads::NAME).await?;
+            let stream =
+                eventstore::CommandHandler::<aggregates::lead::Lead>::stream(&lead_id.to_string());
+            if !state
+                .catch_up_with(projections::leads::NAME, &stream)
+                .await?
+            {
+                return Err(lead_not_found());
+            }
             projections::leads::get(&state.pool, lead_id)
                 .await?
                 .ok_or_else(lead_not_found)?
@@ -384,22 +391,6 @@ async fn convert_lead(
 }
 
 // ---- reads ------------------------------------------------------------------------------
-
-fn page_from(q: &HashMap<String, String>) -> AppResult<(i64, i64)> {
-    let number = |k: &str, default: i64, max: i64| -> AppResult<i64> {
-        match q.get(k) {
-            None => Ok(default),
-            Some(v) => v
-                .parse::<i64>()
-                .ok()
-                .filter(|n| (1..=max).contains(n))
-                .ok_or_else(|| {
-                    AppError::validation(k, format!("{k} 1 ile {max} arasında bir sayı olmalı"))
-                }),
-        }
-    };
-    Ok((number("page", 1, 1_000_000)?, number("limit", 20, 100)?))
-}
 
 async fn list_licenses(
     State(state): State<AppState>,
@@ -440,7 +431,7 @@ async fn list_licenses(
             })
             .transpose()?,
     };
-    let (page, limit) = page_from(&q)?;
+    let (page, limit) = crate::http::extract::page_params(&q)?;
     let sort = match q.get("sortBy") {
         None => LicenseSort::CreatedAt,
         Some(s) => LicenseSort::parse(s)
@@ -484,7 +475,21 @@ async fn list_customers(
     Query(q): Query<HashMap<String, String>>,
 ) -> AppResult<Json<Value>> {
     admin.require(Permission::Licenses, false)?;
-    let (page, limit) = page_from(&q)?;
+    // Customers come in one order (company name); asking for another is an error, not a
+    // silent default (SPEC §1).
+    if q.get("sortBy").is_some_and(|s| s != "companyName") {
+        return Err(AppError::validation(
+            "sortBy",
+            "Müşteriler yalnızca companyName ile sıralanır",
+        ));
+    }
+    if q.get("sortOrder").is_some_and(|s| s != "asc") {
+        return Err(AppError::validation(
+            "sortOrder",
+            "Müşteriler yalnızca asc sıralanır",
+        ));
+    }
+    let (page, limit) = crate::http::extract::page_params(&q)?;
     let search = q.get("search").map(|s| s.trim()).filter(|s| !s.is_empty());
     let (groups, total) = read::customers(&state.pool, search, page, limit).await?;
     let now = Utc::now();
@@ -531,18 +536,18 @@ async fn list_customers(
 struct PatchBody {
     owner_name: Option<String>,
     owner_email: Option<String>,
-    #[serde(default, deserialize_with = "double_option")]
+    #[serde(default, deserialize_with = "crate::http::extract::double_option")]
     owner_phone: Option<Option<String>>,
     company_name: Option<String>,
-    #[serde(default, deserialize_with = "double_option")]
+    #[serde(default, deserialize_with = "crate::http::extract::double_option")]
     company_vkn: Option<Option<String>>,
     max_devices: Option<u32>,
     monthly_token_limit: Option<u64>,
-    #[serde(default, deserialize_with = "double_option")]
+    #[serde(default, deserialize_with = "crate::http::extract::double_option")]
     gemini_api_key: Option<Option<String>>,
-    #[serde(default, deserialize_with = "double_option")]
+    #[serde(default, deserialize_with = "crate::http::extract::double_option")]
     telegram_bot_token: Option<Option<String>>,
-    #[serde(default, deserialize_with = "double_option")]
+    #[serde(default, deserialize_with = "crate::http::extract::double_option")]
     telegram_bot_username: Option<Option<String>>,
 }
 
@@ -703,15 +708,13 @@ async fn revoke_license(
     context: RequestContext,
     Path(id): Path<String>,
 ) -> AppResult<Json<Value>> {
-    let now = Utc::now();
-    lifecycle(
-        &state,
-        &admin,
-        &context,
-        &id,
-        LicenseCommand::Revoke { now },
-    )
-    .await
+    admin.require(Permission::Licenses, true)?;
+    let id = license_id(&id)?;
+    let outcome = state
+        .licenses
+        .revoke(id, &context.metadata(admin.actor()))
+        .await?;
+    Ok(ok(answer(&state, id, outcome.cursor()).await?))
 }
 
 async fn retry_webhook(
@@ -753,6 +756,22 @@ async fn resend_email(
             StatusCode::SERVICE_UNAVAILABLE,
             "EMAIL_NOT_CONFIGURED",
             "E-posta gönderimi yapılandırılmamış (SMTP_URL).",
+        ));
+    }
+    // One mail at a time, and not more than one a minute: the mail carries the key.
+    let recent: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM license_mail_outbox WHERE license_id = $1
+                          AND (sent_at IS NULL AND next_attempt_at < 'infinity'
+                               OR sent_at > now() - interval '1 minute'))",
+    )
+    .bind(id)
+    .fetch_one(&state.pool)
+    .await?;
+    if recent {
+        return Err(AppError::new(
+            StatusCode::CONFLICT,
+            "EMAIL_RECENTLY_SENT",
+            "Lisans e-postası az önce gönderildi ya da gönderilmek üzere; bir dakika sonra tekrar deneyin.",
         ));
     }
     let outcome = state

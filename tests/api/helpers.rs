@@ -48,6 +48,10 @@ pub fn test_config(pool: &PgPool, extra: &[(&str, &str)]) -> Config {
             "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff".into(),
         ),
         ("LANDING_API_KEYS", LANDING_KEY.into()),
+        (
+            "LICENSE_SIGNING_KEY",
+            "HxrDeJsP5+sqBC/iCIpi8JpJhzSOxwSmSZJ/N1Vwahk=".into(),
+        ),
         ("BOOTSTRAP_ADMIN_EMAIL", ROOT_EMAIL.into()),
         ("BOOTSTRAP_ADMIN_PASSWORD", ROOT_PASSWORD.into()),
     ]

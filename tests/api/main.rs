@@ -2,6 +2,7 @@
 //! fresh database per test (created and dropped by `sqlx::test`). All in one test binary.
 
 mod admin_auth;
+mod certificates;
 mod cli;
 mod devices;
 mod embedded;

@@ -300,8 +300,12 @@ impl License {
                 if !(1..=MAX_DURATION_MONTHS).contains(&months) {
                     return Err(LicenseError::Invalid("durationMonths"));
                 }
+                // Never beyond ten years from now, however often it is renewed: an expiry
+                // that far out is a mistake, and years past 9999 are not RFC 3339.
                 let current = self.expires_at.unwrap_or(now);
+                let limit = extended(now, now, MAX_DURATION_MONTHS);
                 let expires_at = extended(current, now, months)
+                    .filter(|e| Some(*e) <= limit)
                     .ok_or(LicenseError::Invalid("durationMonths"))?;
                 vec![E::LicenseRenewed {
                     months,
@@ -493,6 +497,15 @@ mod tests {
                 expires_at: at(2026, 4, 10),
                 at: at(2026, 3, 10),
             }]);
+    }
+
+    #[test]
+    fn renewals_never_reach_beyond_ten_years_from_now() {
+        let now = at(2026, 6, 1);
+        Given::with(())
+            .given(vec![created(at(2035, 1, 1))])
+            .when(LicenseCommand::Renew { months: 120, now })
+            .then_expect_error(LicenseError::Invalid("durationMonths"));
     }
 
     #[test]
