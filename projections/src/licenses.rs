@@ -794,6 +794,7 @@ pub struct VerifyRow {
     pub tokens_used_this_month: i64,
     pub features: Option<Vec<String>>,
     pub device_id: Option<Uuid>,
+    pub fingerprint: Option<String>,
     pub device_status: Option<String>,
     pub is_master: Option<bool>,
     pub device_name: Option<String>,
@@ -828,7 +829,7 @@ pub async fn for_verify(
     sqlx::query_as(
         "SELECT l.id AS license_id, l.key_sealed, l.owner_name, l.company_name, l.package_type,
                 l.state, l.expires_at, l.monthly_token_limit, l.tokens_used_this_month,
-                p.features, d.id AS device_id, d.status AS device_status, d.is_master,
+                p.features, d.id AS device_id, d.fingerprint, d.status AS device_status, d.is_master,
                 d.device_name, d.os_type, d.os_version, d.app_version, d.ip_address,
                 d.last_active_at
            FROM licenses l

@@ -264,7 +264,30 @@ pub fn days_remaining(expires_at: DateTime<Utc>, now: DateTime<Utc>) -> i64 {
     (seconds + 86_399) / 86_400
 }
 
-fn verify_answer(key: &str, row: &VerifyRow, now: DateTime<Utc>) -> Value {
+/// The signed offline certificate of an approved device (ADR 0010, README "Signed offline
+/// licenses"); `None` for any other.
+fn certificate(state: &AppState, row: &VerifyRow, now: DateTime<Utc>) -> Option<String> {
+    let device_id = row
+        .device_id
+        .filter(|_| row.device_status.as_deref() == Some("approved"))?;
+    let certifier = &state.config.license_certifier;
+    let subject = super::certificate::CertificateSubject {
+        license_id: row.license_id,
+        device_id: read::device_id_text(device_id),
+        fingerprint: row.fingerprint.clone()?,
+        package: row.package_type.clone(),
+        features: row.features.clone().unwrap_or_default(),
+        expires_at: row.expires_at,
+    };
+    Some(certifier.sign(&certifier.claims(subject, now)))
+}
+
+fn verify_answer(
+    key: &str,
+    row: &VerifyRow,
+    certificate: Option<String>,
+    now: DateTime<Utc>,
+) -> Value {
     let status = row.device_status.as_deref().unwrap_or("pending");
     let approved = status == "approved";
     let mut device = json!({
@@ -308,9 +331,8 @@ fn verify_answer(key: &str, row: &VerifyRow, now: DateTime<Utc>) -> Value {
         "device": device,
         "usage": usage,
         "features": features,
-        // ISSUE 12 MERGE POINT: the signed offline certificate (src/licenses/certificate.rs,
-        // `Certifier`) goes here for an approved device; null until the lead merges it.
-        "certificate": Value::Null,
+        // The signed offline certificate of an approved device; null otherwise.
+        "certificate": certificate,
     })
 }
 
@@ -402,7 +424,8 @@ async fn verify(
             }
         }
     }
-    Ok(ok(verify_answer(&key, &row, now)))
+    let certificate = certificate(&state, &row, now);
+    Ok(ok(verify_answer(&key, &row, certificate, now)))
 }
 
 /// `POST /v1/licenses/devices/release`: the desktop gives its seat back (moving to a new

@@ -204,7 +204,17 @@ async fn the_first_device_is_approved_master_and_answers_as_seed_002(pool: PgPoo
         json!({"documentAnalysis": true, "telegramIntegration": true,
                "multiDevice": true, "prioritySupport": false})
     );
-    assert!(data.get("certificate").is_some());
+    // The signed offline certificate covers this license and this computer.
+    let certificate = data["certificate"]
+        .as_str()
+        .expect("an approved device's certificate");
+    let claims = crate::helpers::test_config(&pool, &[])
+        .license_certifier
+        .verify(certificate)
+        .expect("signed by the gateway's key");
+    assert_eq!(claims.license_id.to_string(), id);
+    assert_eq!(claims.fingerprint, print(1));
+    assert_eq!(claims.device_id, data["device"]["id"].as_str().unwrap());
     // The same desktop again: the same device, nothing new registered.
     let (_, again) = verify(&s, &key, &print(1), "DESKTOP-AHMET").await;
     assert_eq!(again["data"]["device"]["id"], data["device"]["id"]);
@@ -266,6 +276,7 @@ async fn a_second_device_waits_for_approval_and_the_panel_is_told(pool: PgPool) 
     );
     assert_eq!(data["usage"], Value::Null);
     assert_eq!(data["features"], Value::Null);
+    assert_eq!(data["certificate"], Value::Null);
     let pending = next_of(&mut panel, "NEW_DEVICE_PENDING").await;
     assert_eq!(pending["data"]["license"]["key"], key.as_str());
     assert_eq!(pending["data"]["license"]["ownerName"], "Ahmet Kaya");
