@@ -269,9 +269,14 @@ async fn create_and_answer(
     admin: &AdminPrincipal,
 ) -> AppResult<(Uuid, Value, Option<WebhookOutcome>, bool)> {
     let service: &LicenseService = &state.licenses;
+    let converts = new.lead_id.is_some();
     let created = service
         .create(new, &context.metadata(admin.actor()))
         .await?;
+    // A conversion also changed the lead: the lead read the next moment shows it converted.
+    if converts && let Some(cursor) = created.cursor {
+        state.wait_for(projections::leads::NAME, cursor).await?;
+    }
     let license = answer(state, created.license_id, created.cursor).await?;
     let email_sent = match created.cursor {
         Some(cursor) if service.mailer().is_some() => {
