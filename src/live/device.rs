@@ -13,7 +13,8 @@
 //!
 //! | code | reason |
 //! |---|---|
-//! | 4401 | `AUTH_TIMEOUT`, `AUTH_REQUIRED`, `LICENSE_NOT_FOUND`, `DEVICE_UNKNOWN` |
+//! | 4401 | `AUTH_TIMEOUT`, `AUTH_REQUIRED`, `LICENSE_NOT_FOUND` (unknown key or device, alike) |
+//! | 4429 | `RATE_LIMIT_EXCEEDED` (the network used up verify's budget of failed attempts) |
 //! | 4403 | `LICENSE_REVOKED`, `DEVICE_BLOCKED` |
 //! | 4408 | `TOO_SLOW` |
 //! | 1001 | `SERVER_SHUTTING_DOWN` |
@@ -38,6 +39,9 @@ use uuid::Uuid;
 
 use super::mapping::FeedItem;
 use super::{SEND_TIMEOUT, close};
+
+/// Close code when the network has used up its failed attempts (verify's budget).
+const TOO_MANY_ATTEMPTS: u16 = 4429;
 use crate::state::AppState;
 
 const MAX_CLIENT_MESSAGE: usize = 4 * 1024;
@@ -122,13 +126,18 @@ struct AuthMessage {
     fingerprint: String,
 }
 
-pub(super) async fn upgrade(ws: WebSocketUpgrade, State(state): State<AppState>) -> Response {
+pub(super) async fn upgrade(
+    ws: WebSocketUpgrade,
+    State(state): State<AppState>,
+    crate::http::client_ip::ClientIp(ip): crate::http::client_ip::ClientIp,
+) -> Response {
+    let limiter_key = crate::http::client_ip::rate_key(ip);
     ws.max_message_size(MAX_CLIENT_MESSAGE)
-        .on_upgrade(move |socket| serve(socket, state))
+        .on_upgrade(move |socket| serve(socket, state, limiter_key))
 }
 
-async fn serve(mut socket: WebSocket, state: AppState) {
-    let end = session(&mut socket, &state).await;
+async fn serve(mut socket: WebSocket, state: AppState, limiter_key: std::net::IpAddr) {
+    let end = session(&mut socket, &state, limiter_key).await;
     if let Some((code, reason)) = end {
         let frame = CloseFrame {
             code,
@@ -139,7 +148,11 @@ async fn serve(mut socket: WebSocket, state: AppState) {
 }
 
 /// `None`: the client left.
-async fn session(socket: &mut WebSocket, state: &AppState) -> Option<(u16, &'static str)> {
+async fn session(
+    socket: &mut WebSocket,
+    state: &AppState,
+    limiter_key: std::net::IpAddr,
+) -> Option<(u16, &'static str)> {
     let first = match timeout(state.config.ws_auth_timeout, first_text(socket)).await {
         Err(_) => return Some((close::UNAUTHORIZED, "AUTH_TIMEOUT")),
         Ok(None) => return None,
@@ -151,11 +164,25 @@ async fn session(socket: &mut WebSocket, state: &AppState) -> Option<(u16, &'sta
     else {
         return Some((close::UNAUTHORIZED, "AUTH_REQUIRED"));
     };
+    // The same per-network budget of failed attempts as verify: a socket is no way around
+    // it to test license keys.
+    let failures = &state.licenses.verify_failures;
+    if failures
+        .peek(&limiter_key, std::time::Instant::now())
+        .is_err()
+    {
+        return Some((TOO_MANY_ATTEMPTS, "RATE_LIMIT_EXCEEDED"));
+    }
     // Subscribe before reading the device, so nothing between the two is missed.
     let mut subscription = state.live.subscribe();
     let (license_id, device_id, status, master) = match authenticate(state, &auth).await {
         Ok(found) => found,
-        Err(end) => return Some(end),
+        Err(end) => {
+            if end.0 == close::UNAUTHORIZED {
+                failures.record(&limiter_key, std::time::Instant::now());
+            }
+            return Some(end);
+        }
     };
     let ok = json!({
         "type": "AUTH_OK",
@@ -227,7 +254,7 @@ async fn authenticate(
         return Err(unauthorized);
     }
     let Ok(print) = crate::licenses::devices::fingerprint("fingerprint", &auth.fingerprint) else {
-        return Err((close::UNAUTHORIZED, "DEVICE_UNKNOWN"));
+        return Err(unauthorized);
     };
     let digest = state.licenses.key_digest(key);
     let row = projections::licenses::for_verify(&state.pool, &digest, &print)
@@ -245,7 +272,9 @@ async fn authenticate(
             status.to_string(),
             row.is_master.unwrap_or(false),
         )),
-        _ => Err((close::UNAUTHORIZED, "DEVICE_UNKNOWN")),
+        // An unknown device of a real key answers like an unknown key: the socket must not
+        // tell which keys exist.
+        _ => Err(unauthorized),
     }
 }
 

@@ -685,3 +685,18 @@ async fn failed_verifies_are_rate_limited_per_client(pool: PgPool) {
     assert_eq!(status, StatusCode::OK);
     s.app.stop().await.unwrap();
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_block_is_not_undone_by_a_new_fingerprint(pool: PgPool) {
+    let s = setup(pool).await;
+    let (id, key) = license(&s, "pro", 3).await;
+    let (_, first) = verify(&s, &key, &print(1), "PC-1").await;
+    let first = first["data"]["device"]["id"].as_str().unwrap().to_string();
+    let (status, _) = patch(&s, &id, &first, json!({"status": "blocked"})).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = verify(&s, &key, &print(9), "Yeni PC").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["device"]["status"], "pending", "{body}");
+    assert!(body["data"]["certificate"].is_null());
+    s.app.stop().await.unwrap();
+}

@@ -21,6 +21,12 @@ pub struct License {
     max_devices: u32,
     /// Every device the license ever saw, in order of registration.
     devices: Vec<Device>,
+    /// Whether a new device may take a free seat by itself: on a license that never had a
+    /// device, or after the desktop released its own seat (moving to a new computer). Not
+    /// after an admin blocked or set back the only approved device — a new fingerprint must
+    /// not undo that.
+    #[serde(default)]
+    seat_released_by_device: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -98,7 +104,8 @@ impl License {
                     // Two first verifies of one desktop: the second finds it registered.
                     return Ok(vec![]);
                 }
-                let first = self.approved_devices() == 0;
+                let first = self.approved_devices() == 0
+                    && (self.devices.is_empty() || self.seat_released_by_device);
                 vec![E::DeviceRegistered {
                     device_id: known.map_or(device_id, |d| d.id),
                     fingerprint,
@@ -406,6 +413,9 @@ impl Aggregate for License {
                     status,
                     master,
                 };
+                if status == DeviceStatus::Approved {
+                    self.seat_released_by_device = false;
+                }
                 match self.devices.iter_mut().find(|d| d.id == device_id) {
                     Some(known) => *known = device,
                     None => self.devices.push(device),
@@ -415,6 +425,17 @@ impl Aggregate for License {
                 device_id, status, ..
             } => {
                 if let Some(d) = self.devices.iter_mut().find(|d| d.id == device_id) {
+                    match status {
+                        // The desktop gave its seat back: the next computer may take it.
+                        DeviceStatus::Released if d.status == DeviceStatus::Approved => {
+                            self.seat_released_by_device = true;
+                        }
+                        // An admin decided about seats: nothing takes one by itself.
+                        DeviceStatus::Approved | DeviceStatus::Blocked | DeviceStatus::Pending => {
+                            self.seat_released_by_device = false;
+                        }
+                        DeviceStatus::Released => {}
+                    }
                     d.status = status;
                 }
             }
@@ -623,6 +644,44 @@ mod tests {
             ])
             .when(register(1))
             .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn a_new_fingerprint_does_not_undo_an_admins_block() {
+        let now = at(2026, 6, 1);
+        let register = |n: u128| LicenseCommand::RegisterDevice {
+            device_id: Uuid::from_u128(n),
+            fingerprint: format!("{n:064x}"),
+            details: details(),
+            now,
+        };
+        let blocked = LicenseEvent::DeviceStatusChanged {
+            device_id: Uuid::from_u128(1),
+            status: DeviceStatus::Blocked,
+            at: now,
+        };
+        Given::with(())
+            .given(vec![
+                created(at(2027, 1, 1)),
+                registered(1, DeviceStatus::Approved, true),
+                blocked,
+            ])
+            .when(register(3))
+            .then_expect_events(vec![registered(3, DeviceStatus::Pending, false)]);
+        // After the desktop released its own seat, the next computer takes it.
+        let released = LicenseEvent::DeviceStatusChanged {
+            device_id: Uuid::from_u128(1),
+            status: DeviceStatus::Released,
+            at: now,
+        };
+        Given::with(())
+            .given(vec![
+                created(at(2027, 1, 1)),
+                registered(1, DeviceStatus::Approved, true),
+                released,
+            ])
+            .when(register(3))
+            .then_expect_events(vec![registered(3, DeviceStatus::Approved, true)]);
     }
 
     #[test]
