@@ -412,8 +412,14 @@ async fn verify(
                 .map_err(desktop_error)?;
             match outcome.cursor() {
                 Some(cursor) => state.wait_for(read::NAME, cursor).await?,
-                // A concurrent verify of this desktop registered it.
-                None => state.catch_up(read::NAME).await?,
+                // A concurrent verify of this desktop registered it: wait for the license
+                // stream's last event (the log's head may still be fenced below it).
+                None => {
+                    let stream = eventstore::CommandHandler::<aggregates::license::License>::stream(
+                        &row.license_id.to_string(),
+                    );
+                    state.catch_up_with(read::NAME, &stream).await?;
+                }
             }
             let key_digest = state.licenses.key_digest(&key);
             row = read::for_verify(&state.pool, &key_digest, &print)

@@ -641,6 +641,11 @@ pub fn license_error(e: LicenseError) -> AppError {
             "DEVICE_LIMIT_REACHED",
             "Lisansın cihaz sınırına ulaşıldı; önce başka bir cihazı engelleyin veya bekletin.",
         ),
+        LicenseError::TooManyPendingDevices => AppError::new(
+            StatusCode::CONFLICT,
+            "TOO_MANY_PENDING_DEVICES",
+            "Bu lisansta onay bekleyen çok fazla cihaz var; yöneticiniz bekleyenleri onaylamalı veya engellemeli.",
+        ),
         LicenseError::MasterNotApproved => {
             AppError::validation("isMaster", "Yalnızca onaylı bir cihaz ana cihaz olabilir")
         }

@@ -5,6 +5,9 @@ use cqrs_es::Aggregate;
 use cqrs_es::event_sink::EventSink;
 use serde::{Deserialize, Serialize};
 
+/// Devices that may wait for approval at once, per license.
+pub const MAX_PENDING_DEVICES: usize = 10;
+
 use super::{
     DeviceStatus, LicenseCommand, LicenseError, LicenseEvent, LicenseState, MAX_DEVICES,
     MAX_DURATION_MONTHS, MAX_TOKEN_LIMIT, extended,
@@ -106,6 +109,15 @@ impl License {
                 }
                 let first = self.approved_devices() == 0
                     && (self.devices.is_empty() || self.seat_released_by_device);
+                // A key holder cannot flood the panels (and the stream) with new devices.
+                let pending = self
+                    .devices
+                    .iter()
+                    .filter(|d| d.status == DeviceStatus::Pending)
+                    .count();
+                if !first && pending >= MAX_PENDING_DEVICES {
+                    return Err(LicenseError::TooManyPendingDevices);
+                }
                 vec![E::DeviceRegistered {
                     device_id: known.map_or(device_id, |d| d.id),
                     fingerprint,

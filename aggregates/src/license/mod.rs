@@ -361,6 +361,8 @@ pub enum LicenseError {
     DeviceBlocked,
     #[error("every seat of the license is taken")]
     DeviceLimitReached,
+    #[error("too many devices wait for approval")]
+    TooManyPendingDevices,
     #[error("only an approved device can be master")]
     MasterNotApproved,
     #[error("the master flag moves by making another device master")]
