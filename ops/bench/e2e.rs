@@ -1,5 +1,6 @@
 //! Issue 4's measurements on a real gateway started in this process (`startup::run` on
-//! 127.0.0.1:0, its own scratch database):
+//! 127.0.0.1:0, its own scratch database), and the place issue 12's `verify` phase
+//! (`verify.rs`) runs on the same gateway:
 //!
 //! * `landing`: `POST /v1/leads` end to end (HTTP → lead event appended → 201) at
 //!   `--landing-clients` concurrent clients, against a raw `INSERT INTO events` of the same
@@ -41,7 +42,8 @@ use super::{Args, Ctx, Phase, Row, cores, fmt_rate, probe, quartiles, verdict};
 /// against a scratch database that is dropped afterwards.
 const ADMIN_SECRET: &str = "bench-admin-secret-0123456789abcdefXYZ";
 const JWT_SECRET: &str = "bench-jwt-secret-0123456789abcdefghijklmnop";
-const ENCRYPTION_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+pub(crate) const ENCRYPTION_KEY: &str =
+    "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 const LICENSE_SIGNING_KEY: &str = "3Ua8RcFnUnHNA4HIPKfI5vli0hSTD1/cPjBdn/MJgEE=";
 const LANDING_KEY: &str = "lk_bench_0123456789abcdefghij";
 const ROOT_EMAIL: &str = "root@example.com";
@@ -60,9 +62,9 @@ const USER_AGENT: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/
 
 /// How to talk to the gateway: its address and a keep-alive HTTP client. Cheap to clone.
 #[derive(Clone)]
-struct Gateway {
-    addr: SocketAddr,
-    client: reqwest::Client,
+pub(crate) struct Gateway {
+    pub(crate) addr: SocketAddr,
+    pub(crate) client: reqwest::Client,
 }
 
 /// The gateway's server task in this process; stopped by [`Server::stop`] or on drop.
@@ -129,7 +131,7 @@ impl Gateway {
         }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
 
@@ -238,6 +240,9 @@ pub(crate) async fn run(
         }
         if args.selected(Phase::Live) {
             verdicts.push(live_bench(&ctx, &gateway, &shared).await?);
+        }
+        if args.selected(Phase::Verify) {
+            verdicts.extend(super::verify::verify_bench(&ctx, &gateway).await?);
         }
         if let Ok(ctx) = Arc::try_unwrap(ctx) {
             ctx.probe.into_inner().close().await.ok();
@@ -390,6 +395,15 @@ async fn raw_insert(pool: &PgPool, sql: &str, t: &Template) -> Result<()> {
 /// Waits until every projection and the live feed have dealt with every event in the log, so
 /// that each slice starts with an idle gateway and the work a slice caused is charged to it.
 async fn drain(ctx: &Ctx, gateway: &Gateway) -> Result<Duration> {
+    drain_within(ctx, gateway, PATIENCE).await
+}
+
+/// [`drain`] with its own patience (a large seeded backlog takes longer than a slice's).
+pub(crate) async fn drain_within(
+    ctx: &Ctx,
+    gateway: &Gateway,
+    patience: Duration,
+) -> Result<Duration> {
     let t0 = Instant::now();
     loop {
         // The true head: every writer has finished, so nothing is in flight.
@@ -418,8 +432,8 @@ async fn drain(ctx: &Ctx, gateway: &Gateway) -> Result<Duration> {
                 return Ok(t0.elapsed());
             }
         }
-        if t0.elapsed() > PATIENCE {
-            bail!("the projections or the live feed did not catch up within {PATIENCE:?}");
+        if t0.elapsed() > patience {
+            bail!("the projections or the live feed did not catch up within {patience:?}");
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

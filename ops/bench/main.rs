@@ -13,9 +13,11 @@
 //!
 //! 3. landing: `POST /v1/leads` submissions per second end to end vs. a raw `INSERT` of the
 //!    same row, at 32 concurrent clients, alternating the same way;
-//! 4. live: commit-to-delivery latency of `NEW_LEAD` on 100 authenticated `/ws/admin` sockets.
+//! 4. live: commit-to-delivery latency of `NEW_LEAD` on 100 authenticated `/ws/admin` sockets;
+//! 5. verify: `POST /v1/licenses/verify` vs. a bare axum handler in the same process at 64
+//!    connections, and resident memory with 10 000 licenses and 30 000 devices (`verify.rs`).
 //!
-//! `--only read,append,landing,live` picks phases. The scratch databases are dropped at the
+//! `--only read,append,peer,landing,live,verify` picks phases. The scratch databases are dropped at the
 //! end, also on error or Ctrl-C. See `ops/bench/README.md` for what each figure means.
 
 mod append;
@@ -23,6 +25,7 @@ mod e2e;
 mod harness;
 mod peer;
 mod read;
+mod verify;
 
 use append::*;
 use harness::*;
@@ -57,6 +60,9 @@ enum Phase {
     Landing,
     /// `NEW_LEAD` commit-to-delivery latency on many `/ws/admin` sockets.
     Live,
+    /// `POST /v1/licenses/verify` vs. a bare axum handler, and resident memory with many
+    /// licenses and devices loaded.
+    Verify,
 }
 
 #[derive(Parser, Debug, Clone)]
@@ -120,7 +126,7 @@ struct Args {
     profile_rounds: usize,
     /// Phases to run (comma-separated); default: all.
     #[arg(long, value_enum, value_delimiter = ',',
-          default_values_t = [Phase::Read, Phase::Append, Phase::Peer, Phase::Landing, Phase::Live])]
+          default_values_t = [Phase::Read, Phase::Append, Phase::Peer, Phase::Landing, Phase::Live, Phase::Verify])]
     only: Vec<Phase>,
     /// A short run of every phase, for a smoke check (figures are noisier): 1 s per append
     /// case, 20 000 events to read once, 2 s of landing, 60 live leads.
@@ -147,6 +153,21 @@ struct Args {
     /// Leads per second during the live measurement.
     #[arg(long, default_value_t = 30.0)]
     live_rate: f64,
+    /// Licenses seeded for the verify and memory measurements.
+    #[arg(long, default_value_t = 10_000)]
+    verify_licenses: usize,
+    /// Approved devices per seeded license.
+    #[arg(long, default_value_t = 3)]
+    verify_devices: usize,
+    /// Concurrent keep-alive connections of the verify measurement (verify and bare alike).
+    #[arg(long, default_value_t = 64)]
+    verify_connections: usize,
+    /// Measured seconds per verify variant (split into alternating slices).
+    #[arg(long, default_value_t = 6.0)]
+    verify_seconds: f64,
+    /// Length of one verify slice: bare and verify alternate every slice (ABBA order).
+    #[arg(long, default_value_t = 1.0)]
+    verify_slice: f64,
 }
 
 impl Args {
@@ -155,7 +176,7 @@ impl Args {
             && match phase {
                 Phase::Read => !self.skip_read,
                 Phase::Append => !self.skip_append,
-                Phase::Peer | Phase::Landing | Phase::Live => true,
+                Phase::Peer | Phase::Landing | Phase::Live | Phase::Verify => true,
             }
     }
 
@@ -174,13 +195,15 @@ impl Args {
             self.landing_seconds = self.landing_seconds.min(2.0);
             self.live_leads = self.live_leads.min(60);
             self.live_sockets = self.live_sockets.min(20);
+            self.verify_seconds = self.verify_seconds.min(2.0);
+            self.verify_licenses = self.verify_licenses.min(2_000);
         }
         self
     }
 
     /// The gateway part (a second scratch database, `<name>_gw`).
     fn wants_gateway(&self) -> bool {
-        self.selected(Phase::Landing) || self.selected(Phase::Live)
+        self.selected(Phase::Landing) || self.selected(Phase::Live) || self.selected(Phase::Verify)
     }
 }
 

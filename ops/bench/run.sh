@@ -2,7 +2,8 @@
 # Builds the benchmark in release mode and runs it against fresh scratch databases on the
 # server in DATABASE_URL (bench_<random> for the event store, bench_<random>_gw for the
 # in-process gateway), which are dropped afterwards. With no arguments it runs every phase
-# (~4 min) and ends with one summary table; `--quick` runs a short version as a smoke check.
+# (~5 min, the verify phase included) and ends with one summary table; `--quick` runs a short
+# version of every phase as a smoke check.
 # Extra arguments go to the bench, e.g. `ops/bench/run.sh --only landing,live` or
 # `ops/bench/run.sh --seconds 3 --diagnose`.
 set -euo pipefail
