@@ -32,6 +32,12 @@ pg_isready -h 127.0.0.1 -p 5432
 # --- toolchain pieces ---------------------------------------------------------------------
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+# tests/api/certificates.rs checks the license certificates with an independent Ed25519
+# implementation: Node's (>= 18) crypto and WebCrypto.
+if ! command -v node >/dev/null 2>&1; then
+    echo "installing Node.js" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs >/dev/null
+fi
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
