@@ -46,7 +46,7 @@ use crate::state::AppState;
 
 const MAX_CLIENT_MESSAGE: usize = 4 * 1024;
 /// Close code for a refused (known but not allowed) desktop.
-const FORBIDDEN: u16 = 4403;
+const FORBIDDEN: u16 = close::FORBIDDEN;
 
 /// This instance's device sockets and what they were sent.
 #[derive(Default)]
@@ -231,6 +231,10 @@ async fn follow(
                             return Some((close::TOO_SLOW, "TOO_SLOW"));
                         }
                         state.live.devices.record(device_id, message.cursor);
+                        // Told of its block, release or revocation: nothing more to hear.
+                        if let Some(end) = message.ends {
+                            return Some(end);
+                        }
                     }
                 }
                 Ok(_) => {}

@@ -41,6 +41,9 @@ pub struct DeviceMessage {
     pub license_id: Uuid,
     pub device_id: Option<Uuid>,
     pub text: Utf8Bytes,
+    /// After delivering it, the socket closes with this (code, reason): the device lost
+    /// its right to listen (blocked, released, license revoked).
+    pub ends: Option<(u16, &'static str)>,
 }
 
 /// One message for the panels, serialised once for all sockets (cloning is a reference
@@ -181,6 +184,8 @@ pub async fn items(state: &AppState, events: &[StoredEvent]) -> Result<Vec<FeedI
             Meaning::LicenseToDesktops(id) => {
                 if let Some(row) = projections::licenses::get(&state.pool, id).await? {
                     let now = chrono::Utc::now();
+                    let ends = (row.status(now) == "revoked")
+                        .then_some((super::close::FORBIDDEN, "LICENSE_REVOKED"));
                     let data = json!({"license": {
                         "status": row.status(now),
                         "expiresAt": rfc3339(row.expires_at),
@@ -192,6 +197,7 @@ pub async fn items(state: &AppState, events: &[StoredEvent]) -> Result<Vec<FeedI
                         license_id: id,
                         device_id: None,
                         text: frame(Kind::LicenseUpdated, event, data).into(),
+                        ends,
                     }));
                 }
                 continue;
@@ -371,11 +377,17 @@ async fn device_items(
             "status": row.status,
             "isMaster": row.is_master,
         }});
+        let ends = match row.status.as_str() {
+            "blocked" => Some((super::close::FORBIDDEN, "DEVICE_BLOCKED")),
+            "released" => Some((super::close::UNAUTHORIZED, "LICENSE_NOT_FOUND")),
+            _ => None,
+        };
         items.push(FeedItem::Device(DeviceMessage {
             cursor: event.cursor,
             license_id: license,
             device_id: Some(device),
             text: frame(kind, event, notice).into(),
+            ends,
         }));
     }
     Ok(items)

@@ -90,6 +90,8 @@ pub const MAX_REPLAY_EVENTS: i64 = 10_000;
 pub mod close {
     /// Not authenticated (any more).
     pub const UNAUTHORIZED: u16 = 4401;
+    /// A desktop that may no longer listen (blocked device, revoked license).
+    pub const FORBIDDEN: u16 = 4403;
     /// A `since` that is malformed, from an earlier epoch, or too old.
     pub const BAD_REQUEST: u16 = 4400;
     /// The client does not keep up.

@@ -656,6 +656,24 @@ async fn a_waiting_desktop_hears_of_its_approval_on_ws_device(pool: PgPool) {
     lifecycle(&s, &id, "suspend").await;
     let update = next_of(&mut desktop, "LICENSE_UPDATED").await;
     assert_eq!(update["data"]["license"]["status"], "suspended");
+    // Blocked: it hears of it, then the socket closes — a blocked device listens no more.
+    let (status, _) = patch(&s, &id, &device, json!({"status": "blocked"})).await;
+    assert_eq!(status, StatusCode::OK);
+    let notice = next_of(&mut desktop, "DEVICE_STATUS_CHANGED").await;
+    assert_eq!(notice["data"]["device"]["status"], "blocked");
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), desktop.next()).await {
+            Ok(Some(Ok(Message::Close(Some(frame))))) => {
+                assert_eq!(
+                    (u16::from(frame.code), frame.reason.as_str()),
+                    (4403, "DEVICE_BLOCKED")
+                );
+                break;
+            }
+            Ok(Some(Ok(Message::Text(_) | Message::Ping(_) | Message::Pong(_)))) => continue,
+            other => panic!("expected a close, got {other:?}"),
+        }
+    }
     s.app.stop().await.unwrap();
 }
 
