@@ -119,12 +119,6 @@ impl AppState {
         Ok(true)
     }
 
-    /// Waits until projection `name` includes everything the log's head names now.
-    pub async fn catch_up(&self, name: &str) -> Result<(), AppError> {
-        let head = self.store.head().await?;
-        self.wait_for(name, head).await
-    }
-
     /// Waits until projection `name` includes the event at `cursor`, so the response can be
     /// read from it (read-your-writes).
     pub async fn wait_for(&self, name: &str, cursor: Cursor) -> Result<(), AppError> {

@@ -624,16 +624,6 @@ pub async fn get<'e>(db: impl PgExecutor<'e>, id: Uuid) -> Result<Option<License
     .await
 }
 
-/// Several licenses by id, in one query (the live feed maps a batch at a time).
-pub async fn get_many(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<LicenseRow>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT {LICENSE_COLUMNS} FROM licenses WHERE id = ANY($1)"
-    ))
-    .bind(ids)
-    .fetch_all(pool)
-    .await
-}
-
 #[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
 pub struct HistoryRow {
     pub sequence: i64,
