@@ -88,6 +88,17 @@ impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
         window.count = window.count.saturating_add(1);
     }
 
+    /// Takes back one hit counted by [`KeyedLimiter::check`] in the current window (an
+    /// attempt that turned out not to be what the limit counts).
+    pub fn refund(&self, key: &K, now: Instant) {
+        let mut state = self.lock();
+        if let Some(window) = state.windows.get_mut(key)
+            && now < window.started + self.window
+        {
+            window.count = window.count.saturating_sub(1);
+        }
+    }
+
     /// Forgets `key` (a successful login clears its failures).
     pub fn reset(&self, key: &K) {
         self.lock().windows.remove(key);
@@ -149,6 +160,19 @@ mod tests {
             limiter.check(&"a", t0 + Duration::from_millis(59_500)),
             Err(1)
         );
+    }
+
+    #[test]
+    fn a_refunded_hit_frees_its_place_in_the_current_window_only() {
+        let limiter = KeyedLimiter::new(1, MINUTE);
+        let t0 = Instant::now();
+        assert_eq!(limiter.check(&"a", t0), Ok(()));
+        limiter.refund(&"a", t0);
+        assert_eq!(limiter.check(&"a", t0), Ok(()));
+        // A refund after the window ended does not lend the next window a place.
+        limiter.refund(&"a", t0 + MINUTE);
+        assert_eq!(limiter.check(&"a", t0 + MINUTE), Ok(()));
+        assert!(limiter.check(&"a", t0 + MINUTE).is_err());
     }
 
     #[test]
