@@ -154,6 +154,10 @@ pub async fn run(
     tracing::info!(%address, embedded = database.is_embedded(), "gateway listening");
     let housekeeping = tokio::spawn(housekeeping(state.clone()));
     let mail_worker = tokio::spawn(crate::licenses::mail::run_worker(state.licenses.clone()));
+    let activity_writer = {
+        let state = state.clone();
+        tokio::spawn(async move { state.licenses.activity.run_writer(&state.pool).await })
+    };
     let served = crate::http::server::serve(
         listener,
         crate::http::app(state.clone()),
@@ -164,6 +168,8 @@ pub async fn run(
     tracing::info!("shutting down");
     housekeeping.abort();
     mail_worker.abort();
+    state.licenses.activity.stop();
+    let _ = activity_writer.await;
     // First the feed (it waits on the projections) and with it every admin socket.
     state.live.stop().await;
     for handle in state.projections.iter() {

@@ -131,6 +131,19 @@ impl AppState {
             .map_err(AppError::internal)
     }
 
+    /// [`AppState::wait_for`] the `licenses` read model to include `cursor`, an event of
+    /// license `license_id` written by this instance, then drops the license from the verify
+    /// view: the next verify here reads the change.
+    pub async fn license_written(
+        &self,
+        license_id: uuid::Uuid,
+        cursor: Cursor,
+    ) -> Result<(), AppError> {
+        self.wait_for(projections::licenses::NAME, cursor).await?;
+        self.licenses.view.drop_license(license_id);
+        Ok(())
+    }
+
     pub async fn readiness(&self) -> Readiness {
         let mut ready = true;
         let database = match sqlx::query_scalar::<_, i32>("SELECT 1")

@@ -774,7 +774,7 @@ pub async fn device(pool: &PgPool, id: Uuid) -> Result<Option<DeviceRow>, sqlx::
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct VerifyRow {
     pub license_id: Uuid,
-    pub key_sealed: String,
+    pub key_digest: String,
     pub owner_name: String,
     pub company_name: String,
     pub package_type: String,
@@ -811,26 +811,76 @@ impl VerifyRow {
     }
 }
 
+const VERIFY_COLUMNS: &str = "l.id AS license_id, l.key_digest, l.owner_name, l.company_name,
+    l.package_type, l.state, l.expires_at, l.monthly_token_limit, l.tokens_used_this_month,
+    p.features, d.id AS device_id, d.fingerprint, d.status AS device_status, d.is_master,
+    d.device_name, d.os_type, d.os_version, d.app_version, d.ip_address, d.last_active_at";
+
 pub async fn for_verify(
     pool: &PgPool,
     key_digest: &str,
     fingerprint: &str,
 ) -> Result<Option<VerifyRow>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT l.id AS license_id, l.key_sealed, l.owner_name, l.company_name, l.package_type,
-                l.state, l.expires_at, l.monthly_token_limit, l.tokens_used_this_month,
-                p.features, d.id AS device_id, d.fingerprint, d.status AS device_status, d.is_master,
-                d.device_name, d.os_type, d.os_version, d.app_version, d.ip_address,
-                d.last_active_at
-           FROM licenses l
-           LEFT JOIN devices d ON d.license_id = l.id AND d.fingerprint = $2
-           LEFT JOIN plans p ON p.slug = l.package_type
-          WHERE l.key_digest = $1",
-    )
+    sqlx::query_as(&format!(
+        "SELECT {VERIFY_COLUMNS}
+               FROM licenses l
+               LEFT JOIN devices d ON d.license_id = l.id AND d.fingerprint = $2
+               LEFT JOIN plans p ON p.slug = l.package_type
+              WHERE l.key_digest = $1"
+    ))
     .bind(key_digest)
     .bind(fingerprint)
     .fetch_optional(pool)
     .await
+}
+
+/// Every device a license knows (released ones aside) with its license, as
+/// [`for_verify`] reads one, of the licenses in `only` or of all: what the gateway's verify
+/// view holds.
+pub async fn all_for_verify(
+    pool: &PgPool,
+    only: Option<&[Uuid]>,
+) -> Result<Vec<VerifyRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {VERIFY_COLUMNS}
+           FROM licenses l
+           JOIN devices d ON d.license_id = l.id AND d.status <> 'released'
+           LEFT JOIN plans p ON p.slug = l.package_type
+          WHERE $1::uuid[] IS NULL OR l.id = ANY($1)"
+    ))
+    .bind(only)
+    .fetch_all(pool)
+    .await
+}
+
+/// Device activity seen by verify, written in one statement: each device's and each
+/// license's `last_active_at` moves to the latest time given for it (never back).
+pub async fn touch_devices(
+    pool: &PgPool,
+    seen: &[(Uuid, Uuid, DateTime<Utc>)],
+) -> Result<(), sqlx::Error> {
+    let licenses: Vec<Uuid> = seen.iter().map(|s| s.0).collect();
+    let devices: Vec<Uuid> = seen.iter().map(|s| s.1).collect();
+    let times: Vec<DateTime<Utc>> = seen.iter().map(|s| s.2).collect();
+    sqlx::query(
+        "WITH seen AS (
+              SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[])
+                AS s(license_id, device_id, at)),
+         d AS (UPDATE devices SET last_active_at = s.at
+                 FROM (SELECT device_id, max(at) AS at FROM seen GROUP BY device_id) s
+                WHERE devices.id = s.device_id
+                  AND (devices.last_active_at IS NULL OR devices.last_active_at < s.at))
+         UPDATE licenses SET last_active_at = s.at
+           FROM (SELECT license_id, max(at) AS at FROM seen GROUP BY license_id) s
+          WHERE licenses.id = s.license_id
+            AND (licenses.last_active_at IS NULL OR licenses.last_active_at < s.at)",
+    )
+    .bind(licenses)
+    .bind(devices)
+    .bind(times)
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 /// Throttled telemetry: the device (and its license) was seen at `now`; writes only when

@@ -1,16 +1,20 @@
 //! The desktop's side of a license (SPEC §5, seed 002 §4) and the admin's device routes
 //! (SPEC §4 "Devices", seed 001 "Cihaz Yönetimi").
 //!
-//! Verify is the hot path: one indexed query over the `licenses` read model (license by the
-//! key's keyed digest, device by fingerprint, plan features) answers it; a write happens
-//! only for a new device, changed details (events) or stale `lastActiveAt` (a throttled
-//! plain UPDATE). Because every instance reads the same read model, a revoke, suspension or
-//! block that answered its admin (after `wait_for`) is seen by the next verify anywhere.
+//! Verify is the hot path: the in-memory verify view ([`super::view`], ADR 0011) answers it,
+//! falling back to one indexed query over the `licenses` read model (license by the key's
+//! keyed digest, device by fingerprint, plan features); a write happens only for a new
+//! device, changed details (events) or stale `lastActiveAt` (a throttled plain UPDATE, at
+//! most once a minute per device and instance). A revoke, suspension or block is seen by the
+//! next verify on the instance that made it, and on the others once their live feed has
+//! read it (one poll of the log).
 //!
-//! Keys cannot be brute-forced: failed lookups count per client network
-//! ([`VERIFY_FAILURES_PER_MINUTE`]) and a malformed key answers exactly like an unknown one.
+//! Keys cannot be brute-forced: lookups count per client network
+//! ([`VERIFY_FAILURES_PER_MINUTE`], taken back for a valid key) and a malformed key answers
+//! exactly like an unknown one.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aggregates::admin::Permission;
@@ -26,6 +30,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use super::view::Entry;
 use super::{keys, license_error};
 use crate::auth::AdminPrincipal;
 use crate::error::{AppError, AppResult};
@@ -207,32 +212,72 @@ fn verify_input(
     Ok((print, details))
 }
 
-/// The license and device behind the request's key, or `LICENSE_NOT_FOUND` (counted as a
-/// failure of the client's network). `key` is the normalised key.
+/// What a desktop's key and fingerprint found.
+struct Found {
+    /// The normalised key.
+    key: String,
+    entry: Arc<Entry>,
+}
+
+/// A device the license knows and has not released: a desktop that has been here before.
+fn known_device(row: &VerifyRow) -> bool {
+    row.device_id.is_some()
+        && row
+            .device_status
+            .as_deref()
+            .is_some_and(|s| s != "released")
+}
+
+/// The license and device behind the request's key (from the verify view, else the read
+/// model), or `LICENSE_NOT_FOUND`.
+///
+/// Every lookup counts against the client's network before it is made, so a burst cannot
+/// try more than [`VERIFY_FAILURES_PER_MINUTE`] keys, and is taken back when the key is
+/// valid. A network over its limit is answered only for a device its license already knows
+/// (the key and that device's 64-hex fingerprint, as hard to guess as a key); anything else
+/// from it gets 429 whether or not the key exists, so the limit tells a guesser nothing.
 async fn lookup(
     state: &AppState,
     headers: &HeaderMap,
     fingerprint: &str,
     limiter_key: IpAddr,
-) -> AppResult<(String, VerifyRow)> {
+) -> AppResult<Found> {
+    let limiter = &state.licenses.verify_failures;
+    let admitted = limiter.check(&limiter_key, Instant::now());
     let key = header(headers, "x-license-key")
         .filter(|k| keys::looks_like_key(k))
         .map(keys::normalise_key);
-    let row = match &key {
+    let found = match key {
         Some(key) => {
-            read::for_verify(&state.pool, &state.licenses.key_digest(key), fingerprint).await?
+            let view = &state.licenses.view;
+            let digest = state.licenses.key_digest(&key);
+            let entry = match view.get(&digest, fingerprint) {
+                Some(entry) => Some(entry),
+                None => {
+                    let ticket = view.ticket();
+                    read::for_verify(&state.pool, &digest, fingerprint)
+                        .await?
+                        .map(|row| {
+                            if known_device(&row) {
+                                view.fill(ticket, &digest, fingerprint, row)
+                            } else {
+                                Arc::new(Entry::uncached(row))
+                            }
+                        })
+                }
+            };
+            entry.map(|entry| Found { key, entry })
         }
         None => None,
     };
-    match (key, row) {
-        (Some(key), Some(row)) => Ok((key, row)),
-        _ => {
-            state
-                .licenses
-                .verify_failures
-                .record(&limiter_key, Instant::now());
-            Err(not_found())
+    match (found, admitted) {
+        (Some(found), Ok(())) => {
+            limiter.refund(&limiter_key, Instant::now());
+            Ok(found)
         }
+        (Some(found), Err(_)) if known_device(&found.entry.row) => Ok(found),
+        (_, Err(retry_after)) => Err(AppError::rate_limited(retry_after)),
+        (None, Ok(())) => Err(not_found()),
     }
 }
 
@@ -265,21 +310,25 @@ pub fn days_remaining(expires_at: DateTime<Utc>, now: DateTime<Utc>) -> i64 {
 }
 
 /// The signed offline certificate of an approved device (ADR 0010, README "Signed offline
-/// licenses"); `None` for any other.
-fn certificate(state: &AppState, row: &VerifyRow, now: DateTime<Utc>) -> Option<String> {
+/// licenses"), signed once per view entry; `None` for any other device.
+fn certificate(state: &AppState, entry: &Entry, now: DateTime<Utc>) -> Option<String> {
+    let row = &entry.row;
     let device_id = row
         .device_id
         .filter(|_| row.device_status.as_deref() == Some("approved"))?;
-    let certifier = &state.config.license_certifier;
-    let subject = super::certificate::CertificateSubject {
-        license_id: row.license_id,
-        device_id: read::device_id_text(device_id),
-        fingerprint: row.fingerprint.clone()?,
-        package: row.package_type.clone(),
-        features: row.features.clone().unwrap_or_default(),
-        expires_at: row.expires_at,
-    };
-    Some(certifier.sign(&certifier.claims(subject, now)))
+    let fingerprint = row.fingerprint.clone()?;
+    Some(entry.certificate(now, |issued_at| {
+        let certifier = &state.config.license_certifier;
+        let subject = super::certificate::CertificateSubject {
+            license_id: row.license_id,
+            device_id: read::device_id_text(device_id),
+            fingerprint,
+            package: row.package_type.clone(),
+            features: row.features.clone().unwrap_or_default(),
+            expires_at: row.expires_at,
+        };
+        certifier.sign(&certifier.claims(subject, issued_at))
+    }))
 }
 
 fn verify_answer(
@@ -347,17 +396,13 @@ async fn verify(
     headers: HeaderMap,
     AppJson(body): AppJson<VerifyBody>,
 ) -> AppResult<Json<Value>> {
-    let limiter_key = crate::http::client_ip::rate_key(context.ip);
-    state
-        .licenses
-        .verify_failures
-        .peek(&limiter_key, Instant::now())
-        .map_err(AppError::rate_limited)?;
     let (print, details) = verify_input(&headers, &body, context.ip)?;
-    let (key, mut row) = lookup(&state, &headers, &print, limiter_key).await?;
+    let limiter_key = crate::http::client_ip::rate_key(context.ip);
+    let Found { key, mut entry } = lookup(&state, &headers, &print, limiter_key).await?;
     let now = Utc::now();
-    check_license(&row, now)?;
+    check_license(&entry.row, now)?;
     let metadata = desktop_metadata(&context, &print);
+    let row = &entry.row;
     match (row.device_id, row.device_status.as_deref()) {
         (_, Some("blocked")) => return Err(blocked()),
         (Some(device_id), Some("pending" | "approved")) => {
@@ -384,22 +429,23 @@ async fn verify(
                     .await
                     .map_err(desktop_error)?;
                 if let Some(cursor) = outcome.cursor() {
-                    state.wait_for(read::NAME, cursor).await?;
+                    state.license_written(row.license_id, cursor).await?;
                 }
             }
-            if row
-                .last_active_at
-                .is_none_or(|at| at < now - chrono::Duration::minutes(1))
-            {
-                read::touch_device(&state.pool, row.license_id, device_id, now).await?;
+            if entry.mark_active(now) {
+                state
+                    .licenses
+                    .activity
+                    .record(row.license_id, device_id, now);
             }
         }
         // Unknown here, or released: registers (first device approved and master).
         _ => {
+            let license_id = row.license_id;
             let outcome = state
                 .licenses
                 .execute(
-                    row.license_id,
+                    license_id,
                     LicenseCommand::RegisterDevice {
                         device_id: Uuid::now_v7(),
                         fingerprint: print.clone(),
@@ -411,27 +457,32 @@ async fn verify(
                 .await
                 .map_err(desktop_error)?;
             match outcome.cursor() {
-                Some(cursor) => state.wait_for(read::NAME, cursor).await?,
+                Some(cursor) => state.license_written(license_id, cursor).await?,
                 // A concurrent verify of this desktop registered it: wait for the license
                 // stream's last event (the log's head may still be fenced below it).
                 None => {
                     let stream = eventstore::CommandHandler::<aggregates::license::License>::stream(
-                        &row.license_id.to_string(),
+                        &license_id.to_string(),
                     );
                     state.catch_up_with(read::NAME, &stream).await?;
                 }
             }
+            let view = &state.licenses.view;
             let key_digest = state.licenses.key_digest(&key);
-            row = read::for_verify(&state.pool, &key_digest, &print)
+            let ticket = view.ticket();
+            let row = read::for_verify(&state.pool, &key_digest, &print)
                 .await?
                 .ok_or_else(not_found)?;
-            if let Some(device_id) = row.device_id {
-                read::touch_device(&state.pool, row.license_id, device_id, now).await?;
+            entry = view.fill(ticket, &key_digest, &print, row);
+            if let Some(device_id) = entry.row.device_id {
+                // The license's own `lastActiveAt` too (the throttle is in the statement).
+                entry.mark_active(now);
+                read::touch_device(&state.pool, license_id, device_id, now).await?;
             }
         }
     }
-    let certificate = certificate(&state, &row, now);
-    Ok(ok(verify_answer(&key, &row, certificate, now)))
+    let certificate = certificate(&state, &entry, now);
+    Ok(ok(verify_answer(&key, &entry.row, certificate, now)))
 }
 
 /// `POST /v1/licenses/devices/release`: the desktop gives its seat back (moving to a new
@@ -441,12 +492,6 @@ async fn release(
     context: RequestContext,
     headers: HeaderMap,
 ) -> AppResult<Json<Value>> {
-    let limiter_key = crate::http::client_ip::rate_key(context.ip);
-    state
-        .licenses
-        .verify_failures
-        .peek(&limiter_key, Instant::now())
-        .map_err(AppError::rate_limited)?;
     let print = match header(&headers, "x-device-fingerprint") {
         Some(h) => fingerprint("X-Device-Fingerprint", h)?,
         None => {
@@ -456,8 +501,13 @@ async fn release(
             ));
         }
     };
-    let (_, row) = lookup(&state, &headers, &print, limiter_key).await?;
-    let device_id = row.device_id.ok_or_else(device_not_found)?;
+    let limiter_key = crate::http::client_ip::rate_key(context.ip);
+    let Found { entry, .. } = lookup(&state, &headers, &print, limiter_key).await?;
+    let row = &entry.row;
+    let device_id = row
+        .device_id
+        .filter(|_| known_device(row))
+        .ok_or_else(device_not_found)?;
     // A blocked device stays blocked: releasing would let it queue again as new.
     if row.device_status.as_deref() == Some("blocked") {
         return Err(blocked());
@@ -475,7 +525,7 @@ async fn release(
         .await
         .map_err(desktop_error)?;
     if let Some(cursor) = outcome.cursor() {
-        state.wait_for(read::NAME, cursor).await?;
+        state.license_written(row.license_id, cursor).await?;
     }
     Ok(ok(json!({
         "device": {"id": read::device_id_text(device_id), "status": "released", "isMaster": false},
@@ -558,7 +608,7 @@ async fn patch_device(
         )
         .await?;
     if let Some(cursor) = outcome.cursor() {
-        state.wait_for(read::NAME, cursor).await?;
+        state.license_written(license_id, cursor).await?;
     }
     let row = read::device(&state.pool, device_id)
         .await?

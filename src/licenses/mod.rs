@@ -9,12 +9,14 @@
 //! the two is completed by [`LicenseService::complete_conversions`] at start and every few
 //! minutes.
 
+pub mod activity;
 pub mod certificate;
 pub mod devices;
 pub mod keys;
 pub mod mail;
 pub mod plans;
 mod routes;
+pub mod view;
 
 use std::time::Duration;
 
@@ -140,6 +142,10 @@ pub struct LicenseService {
     pub mail_wakeup: tokio::sync::Notify,
     /// Failed verifies per client network (brute-forcing keys).
     pub verify_failures: crate::ratelimit::KeyedLimiter<std::net::IpAddr>,
+    /// What verify answers from (ADR 0011).
+    pub view: view::VerifyView,
+    /// When desktops were last seen, waiting to be written.
+    pub activity: activity::Activity,
 }
 
 impl LicenseService {
@@ -161,6 +167,8 @@ impl LicenseService {
             public_base_url,
             mail_wakeup: tokio::sync::Notify::new(),
             verify_failures: devices::failure_limiter(),
+            view: view::VerifyView::default(),
+            activity: activity::Activity::default(),
         }
     }
 

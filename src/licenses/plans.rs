@@ -208,6 +208,8 @@ async fn respond(
 ) -> AppResult<Value> {
     if let Some(cursor) = cursor {
         state.wait_for(read::NAME, cursor).await?;
+        // A plan's features are part of every verify answer of its licenses.
+        state.licenses.view.drop_all();
     }
     let plan = read::by_id(&state.pool, id)
         .await?

@@ -87,7 +87,7 @@ pub async fn license_detail(state: &AppState, id: Uuid) -> AppResult<Value> {
 
 async fn answer(state: &AppState, id: Uuid, cursor: Option<Cursor>) -> AppResult<Value> {
     if let Some(cursor) = cursor {
-        state.wait_for(read::NAME, cursor).await?;
+        state.license_written(id, cursor).await?;
     }
     license_detail(state, id).await
 }

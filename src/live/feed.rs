@@ -171,64 +171,89 @@ async fn run(state: AppState, from: Cursor) {
     let every = state.config.ws_progress_interval;
     let mut check = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let wake = tokio::select! {
-            batch = subscription.next_batch() => Wake::Batch(batch),
-            _ = check.tick() => Wake::Check,
-            () = feed.stopping() => break,
-        };
-        let events = match wake {
-            Wake::Check => {
-                if let Some(head) = moved(&state, subscription.cursor()).await {
-                    subscription = state.store.subscribe(head, PAGE_SIZE);
+    // The verify view starts where the feed starts, so every later change reaches it.
+    let view_started = start_view(&state, from).await;
+    if view_started {
+        loop {
+            let wake = tokio::select! {
+                batch = subscription.next_batch() => Wake::Batch(batch),
+                _ = check.tick() => Wake::Check,
+                () = feed.stopping() => break,
+            };
+            let events = match wake {
+                Wake::Check => {
+                    if let Some(head) = moved(&state, subscription.cursor()).await {
+                        subscription = state.store.subscribe(head, PAGE_SIZE);
+                    }
+                    continue;
                 }
-                continue;
-            }
-            Wake::Batch(Ok(events)) => events,
-            Wake::Batch(Err(e)) => {
-                // The subscription keeps its cursor: the retry reads the same page again.
-                tracing::warn!(error = %e, "live feed cannot read the log; retrying");
-                if until_stopped(feed, tokio::time::sleep(RETRY_DELAY))
-                    .await
-                    .is_none()
-                {
-                    break;
-                }
-                // A lost connection is what a failover looks like from here: check at once
-                // rather than at the next tick.
-                if let Some(head) = moved(&state, subscription.cursor()).await {
-                    subscription = state.store.subscribe(head, PAGE_SIZE);
-                }
-                continue;
-            }
-        };
-        let through = events.last().expect("batches are never empty").cursor;
-        let position = feed.status().position;
-        if through.epoch() != position.epoch() {
-            // Another instance opened a new epoch: this feed may have passed events written
-            // before it opened (reused transaction ids), so it starts over rather than go on.
-            match moved(&state, position).await {
-                Some(head) => subscription = state.store.subscribe(head, PAGE_SIZE),
-                None => {
-                    // Could not tell (database error): read this batch again later.
-                    subscription = state.store.subscribe(position, PAGE_SIZE);
+                Wake::Batch(Ok(events)) => events,
+                Wake::Batch(Err(e)) => {
+                    // The subscription keeps its cursor: the retry reads the same page again.
+                    tracing::warn!(error = %e, "live feed cannot read the log; retrying");
                     if until_stopped(feed, tokio::time::sleep(RETRY_DELAY))
                         .await
                         .is_none()
                     {
                         break;
                     }
+                    // A lost connection is what a failover looks like from here: check at once
+                    // rather than at the next tick.
+                    if let Some(head) = moved(&state, subscription.cursor()).await {
+                        subscription = state.store.subscribe(head, PAGE_SIZE);
+                    }
+                    continue;
                 }
+            };
+            let through = events.last().expect("batches are never empty").cursor;
+            let position = feed.status().position;
+            if through.epoch() != position.epoch() {
+                // Another instance opened a new epoch: this feed may have passed events written
+                // before it opened (reused transaction ids), so it starts over rather than go on.
+                match moved(&state, position).await {
+                    Some(head) => subscription = state.store.subscribe(head, PAGE_SIZE),
+                    None => {
+                        // Could not tell (database error): read this batch again later.
+                        subscription = state.store.subscribe(position, PAGE_SIZE);
+                        if until_stopped(feed, tokio::time::sleep(RETRY_DELAY))
+                            .await
+                            .is_none()
+                        {
+                            break;
+                        }
+                    }
+                }
+                continue;
             }
-            continue;
+            let Some(items) = map_until_done(&state, &events).await else {
+                break;
+            };
+            feed.publish(items, through);
         }
-        let Some(items) = map_until_done(&state, &events).await else {
-            break;
-        };
-        feed.publish(items, through);
     }
+    state.licenses.view.set_following(false);
     feed.subscriptions.fetch_sub(1, Ordering::Relaxed);
     tracing::info!("live feed stopped");
+}
+
+/// Loads the verify view at the feed's starting point, retrying until it works; false when
+/// the feed is stopped first.
+async fn start_view(state: &AppState, from: Cursor) -> bool {
+    loop {
+        match until_stopped(&state.live, crate::licenses::view::start(state, from)).await {
+            Some(Ok(())) => return true,
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "verify view cannot load yet; retrying");
+                if until_stopped(&state.live, tokio::time::sleep(RETRY_DELAY))
+                    .await
+                    .is_none()
+                {
+                    return false;
+                }
+            }
+            None => return false,
+        }
+    }
 }
 
 /// Checks the log's epoch (opening a new one if the database moved); if it is not the epoch
@@ -258,17 +283,24 @@ async fn moved(state: &AppState, position: Cursor) -> Option<Cursor> {
     );
     metrics::counter!("live_feed_restarts_total").increment(1);
     state.live.restart(head);
+    // What the feed passed before the move may be gone or renumbered: read it all again.
+    state.licenses.view.drop_all();
     Some(head)
 }
 
-/// Maps a batch, retrying until it works: skipping would leave a gap in every panel, so a
-/// broken read model stalls the feed (loudly) instead. `None` when stopped meanwhile.
+/// Keeps the verify view current with a batch and maps it, retrying until both work:
+/// skipping would leave a gap in every panel (and a stale verify answer), so a broken read
+/// model stalls the feed (loudly) instead. `None` when stopped meanwhile.
 async fn map_until_done(
     state: &AppState,
     events: &[eventstore::StoredEvent],
 ) -> Option<Vec<FeedItem>> {
     loop {
-        match until_stopped(&state.live, mapping::items(state, events)).await? {
+        let work = async {
+            crate::licenses::view::follow(state, events).await?;
+            mapping::items(state, events).await
+        };
+        match until_stopped(&state.live, work).await? {
             Ok(items) => return Some(items),
             Err(e) => {
                 tracing::error!(
