@@ -103,9 +103,10 @@ where
 fn server_options() -> PgConnectOptions {
     let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| {
         panic!(
-            "testkit: DATABASE_URL is not set; database tests need a Postgres server whose user \
-             may create databases, e.g. `export DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres` \
-             (README, Operations; ops/test.sh sets it)"
+            "testkit: DATABASE_URL is not set; database tests need a Postgres server whose \
+             user may create databases, e.g. `export \
+             DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres` (README, Operations; \
+             ops/test.sh sets it)"
         )
     });
     PgConnectOptions::from_str(&url)
@@ -139,7 +140,8 @@ async fn create(
     maintenance
         .execute(format!(r#"CREATE DATABASE "{name}""#).as_str())
         .await?;
-    maintenance.close().await?;
+    // Made: from here on an error must not lose the name, or the database would be left.
+    let _ = maintenance.close().await;
 
     if let Some(migrator) = migrations {
         let applied = async {
@@ -162,7 +164,8 @@ async fn drop_database(server: &PgConnectOptions, name: &str) -> Result<(), sqlx
     // gone after its client closed); without it the drop fails with "being accessed by
     // other users".
     maintenance.execute(drop_statement(name).as_str()).await?;
-    maintenance.close().await
+    let _ = maintenance.close().await;
+    Ok(())
 }
 
 fn drop_statement(name: &str) -> String {
