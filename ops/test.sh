@@ -7,8 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The tests' Postgres (sqlx::test makes a database per test there). Only exported here, not set
-# in .cargo/config.toml, whose [env] cargo would also hand to `cargo run` (see README).
+# The tests' Postgres (testkit makes a uniquely named database per test there, so two runs may
+# share it). Only exported here, not set in .cargo/config.toml, whose [env] cargo would also
+# hand to `cargo run` (see README).
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 
 # --- Postgres -------------------------------------------------------------------------

@@ -111,7 +111,7 @@ mod tests {
     }
 
     /// Logs of this thread at the gateway's default filter (`sqlx=warn`: slow statements show,
-    /// ordinary statement logging does not). `sqlx::test` runs on a current-thread runtime, so
+    /// ordinary statement logging does not). `testkit::test` runs on a current-thread runtime, so
     /// every event of the test body lands here.
     fn capture() -> (Captured, tracing::subscriber::DefaultGuard) {
         let captured = Captured::default();
@@ -136,7 +136,7 @@ mod tests {
         Migrator::new(dir.to_path_buf()).await.unwrap()
     }
 
-    #[sqlx::test(migrations = false)]
+    #[testkit::test(migrations = false)]
     async fn a_slow_migration_logs_one_line_with_its_name_not_its_sql(pool: PgPool) {
         let dir = std::env::temp_dir().join(format!("gw-migrations-{}", uuid::Uuid::new_v4()));
         let migrator = slow_migrator(&dir).await;
@@ -162,9 +162,9 @@ mod tests {
         assert_eq!(rows, 1, "the migration was applied once");
     }
 
-    #[sqlx::test(migrations = false)]
+    #[testkit::test(migrations = false)]
     async fn a_slow_query_on_the_pool_is_still_reported(pool: PgPool) {
-        // The pool the gateway serves with, not sqlx::test's.
+        // The pool the gateway serves with, not testkit's.
         let pool = eventstore::connect((*pool.connect_options()).clone(), 1)
             .await
             .unwrap();

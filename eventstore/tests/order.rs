@@ -71,7 +71,7 @@ async fn move_to_another_cluster(pool: &PgPool) {
     .unwrap();
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[testkit::test(migrations = "../migrations")]
 async fn an_insert_cannot_choose_its_transaction_id_or_epoch(pool: PgPool) {
     let store = EventStore::new(pool.clone());
     let before = append(&store, "a", 2).await;
@@ -101,7 +101,7 @@ async fn an_insert_cannot_choose_its_transaction_id_or_epoch(pool: PgPool) {
     assert_eq!(ids(&after), [id]);
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[testkit::test(migrations = "../migrations")]
 async fn events_are_appended_in_read_committed_transactions_only(pool: PgPool) {
     let mut tx = pool.begin().await.unwrap();
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
@@ -119,7 +119,7 @@ async fn events_are_appended_in_read_committed_transactions_only(pool: PgPool) {
     assert!(err.to_string().contains("READ COMMITTED"), "{err}");
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[testkit::test(migrations = "../migrations")]
 async fn on_another_cluster_a_new_epoch_opens_and_new_events_sort_after_all_old_ones(pool: PgPool) {
     let store = EventStore::new(pool.clone());
     let unchanged = store.check_epoch().await.unwrap();
@@ -158,7 +158,7 @@ async fn on_another_cluster_a_new_epoch_opens_and_new_events_sort_after_all_old_
     assert_eq!(ids(&everything), [ids(&old), ids(&new)].concat());
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[testkit::test(migrations = "../migrations")]
 async fn transaction_ids_below_the_log_s_open_a_new_epoch(pool: PgPool) {
     let store = EventStore::new(pool.clone());
     let old = append(&store, "a", 1).await;
@@ -202,7 +202,7 @@ async fn transaction_ids_below_the_log_s_open_a_new_epoch(pool: PgPool) {
     );
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[testkit::test(migrations = "../migrations")]
 async fn opening_an_epoch_waits_for_appends_in_flight(pool: PgPool) {
     let store = EventStore::new(pool.clone());
     let mut writer = pool.begin().await.unwrap();
@@ -249,7 +249,7 @@ async fn opening_an_epoch_waits_for_appends_in_flight(pool: PgPool) {
     assert!(everything[0].1.epoch() < opened.epoch);
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[testkit::test(migrations = "../migrations")]
 async fn pool_connections_pin_synchronous_commit_and_bound_transactions(pool: PgPool) {
     let database: String = sqlx::query_scalar("SELECT current_database()")
         .fetch_one(&pool)

@@ -52,7 +52,7 @@ fn altered(sealed: &Sealed, change: impl FnOnce(&mut Vec<u8>)) -> Sealed {
     Sealed::from(format!("{head}.{}", URL_SAFE_NO_PAD.encode(bytes)))
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[testkit::test(migrations = "../migrations")]
 async fn a_sealed_value_opens_to_its_plaintext(pool: PgPool) {
     let sealer = Sealer::new(pool, MASTER);
 
@@ -69,7 +69,7 @@ async fn a_sealed_value_opens_to_its_plaintext(pool: PgPool) {
     assert_eq!(opened, Some(personal()));
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[testkit::test(migrations = "../migrations")]
 async fn projections_open_sealed_values_inside_their_transaction(pool: PgPool) {
     let sealer = Sealer::new(pool.clone(), MASTER);
     let sealed = sealer.seal_json("lead:1", &personal()).await.unwrap();
@@ -85,7 +85,7 @@ async fn projections_open_sealed_values_inside_their_transaction(pool: PgPool) {
     tx.commit().await.unwrap();
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[testkit::test(migrations = "../migrations")]
 async fn a_key_minted_in_a_transaction_exists_only_if_it_commits(pool: PgPool) {
     let sealer = Sealer::new(pool.clone(), MASTER);
 
@@ -121,7 +121,7 @@ async fn a_key_minted_in_a_transaction_exists_only_if_it_commits(pool: PgPool) {
     assert_eq!(key_rows(&pool, "lead:1").await, 1);
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[testkit::test(migrations = "../migrations")]
 async fn a_key_ring_opens_a_page_of_subjects_like_open_does(pool: PgPool) {
     let sealer = Sealer::new(pool.clone(), MASTER);
     let kept = sealer.seal_json("lead:kept", &personal()).await.unwrap();
@@ -150,7 +150,7 @@ async fn a_key_ring_opens_a_page_of_subjects_like_open_does(pool: PgPool) {
     assert!(empty.open("lead:kept", &kept).is_err());
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[testkit::test(migrations = "../migrations")]
 async fn each_subject_gets_its_own_data_key_and_keeps_it(pool: PgPool) {
     let sealer = Sealer::new(pool.clone(), MASTER);
 
@@ -172,7 +172,7 @@ async fn each_subject_gets_its_own_data_key_and_keeps_it(pool: PgPool) {
     assert_eq!(total, 2);
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[testkit::test(migrations = "../migrations")]
 async fn a_value_sealed_for_one_subject_does_not_open_as_another(pool: PgPool) {
     let sealer = Sealer::new(pool.clone(), MASTER);
     let for_a = sealer.seal("lead:a", b"Ayse").await.unwrap();
@@ -207,7 +207,7 @@ async fn a_value_sealed_for_one_subject_does_not_open_as_another(pool: PgPool) {
     );
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[testkit::test(migrations = "../migrations")]
 async fn after_a_shred_the_key_row_is_gone_and_values_open_to_nothing(pool: PgPool) {
     let sealer = Sealer::new(pool.clone(), MASTER);
     let sealed = sealer.seal_json("lead:1", &personal()).await.unwrap();
@@ -237,7 +237,7 @@ async fn after_a_shred_the_key_row_is_gone_and_values_open_to_nothing(pool: PgPo
     );
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[testkit::test(migrations = "../migrations")]
 async fn sealing_after_a_shred_starts_a_new_key_and_old_values_stay_shredded(pool: PgPool) {
     let sealer = Sealer::new(pool.clone(), MASTER);
     let old = sealer.seal("lead:1", b"before erasure").await.unwrap();
@@ -252,7 +252,7 @@ async fn sealing_after_a_shred_starts_a_new_key_and_old_values_stay_shredded(poo
     );
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[testkit::test(migrations = "../migrations")]
 async fn the_data_keys_table_holds_only_wrapped_keys(pool: PgPool) {
     let sealer = Sealer::new(pool.clone(), MASTER);
     let sealed = sealer.seal("lead:1", b"secret").await.unwrap();
@@ -291,7 +291,7 @@ async fn the_data_keys_table_holds_only_wrapped_keys(pool: PgPool) {
     ));
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[testkit::test(migrations = "../migrations")]
 async fn an_altered_value_fails_instead_of_opening_to_garbage(pool: PgPool) {
     let sealer = Sealer::new(pool, MASTER);
     let sealed = sealer.seal("lead:1", b"Ayse").await.unwrap();
@@ -315,7 +315,7 @@ async fn an_altered_value_fails_instead_of_opening_to_garbage(pool: PgPool) {
     ));
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[testkit::test(migrations = "../migrations")]
 async fn concurrent_first_seals_create_exactly_one_key(pool: PgPool) {
     let sealer = Sealer::new(pool.clone(), MASTER);
     let barrier = Arc::new(Barrier::new(8));
@@ -345,7 +345,7 @@ async fn concurrent_first_seals_create_exactly_one_key(pool: PgPool) {
     }
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[testkit::test(migrations = "../migrations")]
 async fn digests_are_stable_and_keyed_by_the_master_key(pool: PgPool) {
     let sealer = Sealer::new(pool.clone(), MASTER);
     let again = Sealer::new(pool.clone(), MASTER);
@@ -359,7 +359,7 @@ async fn digests_are_stable_and_keyed_by_the_master_key(pool: PgPool) {
     assert_ne!(sealer.key_id(), stranger.key_id());
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[testkit::test(migrations = "../migrations")]
 async fn master_secrets_round_trip_and_never_repeat(pool: PgPool) {
     let sealer = Sealer::new(pool.clone(), MASTER);
     let token = b"123456:AAE-telegram-bot-token";
@@ -380,7 +380,7 @@ async fn master_secrets_round_trip_and_never_repeat(pool: PgPool) {
     ));
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[testkit::test(migrations = "../migrations")]
 async fn sealing_for_a_new_subject_creates_its_key_or_reuses_an_existing_one(pool: PgPool) {
     let sealer = Sealer::new(pool.clone(), MASTER);
     let fresh = sealer

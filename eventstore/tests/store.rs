@@ -161,7 +161,7 @@ async fn tail_cursor(store: &EventStore) -> Cursor {
 // ---------------------------------------------------------------------------------------
 // Appends and commands.
 
-#[sqlx::test(migrations = "../migrations")]
+#[testkit::test(migrations = "../migrations")]
 async fn sixteen_concurrent_commands_each_land_or_conflict(pool: PgPool) {
     let store = EventStore::new(pool.clone());
     let handler = Arc::new(CommandHandler::<Counter>::new(store, 1_000));
@@ -204,7 +204,7 @@ async fn sixteen_concurrent_commands_each_land_or_conflict(pool: PgPool) {
     assert_eq!(sequences, (1..=landed).collect::<Vec<_>>());
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[testkit::test(migrations = "../migrations")]
 async fn a_command_for_a_new_id_skips_the_load_and_falls_back_if_the_stream_exists(pool: PgPool) {
     let handler = CommandHandler::<Counter>::new(EventStore::new(pool.clone()), 100);
     let first = handler
@@ -226,7 +226,7 @@ async fn a_command_for_a_new_id_skips_the_load_and_falls_back_if_the_stream_exis
     assert!(matches!(refused, Err(CommandError::Domain(LimitReached))));
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[testkit::test(migrations = "../migrations")]
 async fn a_refused_command_appends_nothing(pool: PgPool) {
     let handler = CommandHandler::<Counter>::new(EventStore::new(pool.clone()), 5);
     handler
@@ -240,7 +240,7 @@ async fn a_refused_command_appends_nothing(pool: PgPool) {
     assert_eq!(handler.load("c").await.unwrap().1, 1);
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[testkit::test(migrations = "../migrations")]
 async fn several_events_of_one_command_commit_together_with_metadata(pool: PgPool) {
     let store = EventStore::new(pool.clone());
     let stream = StreamId::new("counter", "m");
@@ -276,7 +276,7 @@ async fn several_events_of_one_command_commit_together_with_metadata(pool: PgPoo
     assert_eq!(loaded[2].metadata, meta);
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[testkit::test(migrations = "../migrations")]
 async fn appends_of_any_size_keep_their_order_in_both_statement_forms(pool: PgPool) {
     let store = EventStore::new(pool.clone());
     // 1 and 17 events use the VALUES form (cached and built on demand), 1001 the array form.
@@ -320,7 +320,7 @@ async fn appends_of_any_size_keep_their_order_in_both_statement_forms(pool: PgPo
     assert_eq!(loaded[1000].payload, json!({"Added": {"by": 982}}));
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[testkit::test(migrations = "../migrations")]
 async fn a_retried_append_returns_the_original_result(pool: PgPool) {
     let store = EventStore::new(pool.clone());
     let stream = StreamId::new("counter", "r");
@@ -338,7 +338,7 @@ async fn a_retried_append_returns_the_original_result(pool: PgPool) {
     assert_eq!(count, 3);
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[testkit::test(migrations = "../migrations")]
 async fn a_stale_version_is_a_conflict_and_draws_no_position(pool: PgPool) {
     let store = EventStore::new(pool.clone());
     let stream = StreamId::new("counter", "s");
@@ -354,7 +354,7 @@ async fn a_stale_version_is_a_conflict_and_draws_no_position(pool: PgPool) {
     assert_eq!(after, before + 1, "conflicting appends drew positions");
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[testkit::test(migrations = "../migrations")]
 async fn an_append_inside_a_transaction_commits_or_rolls_back_with_it(pool: PgPool) {
     let store = EventStore::new(pool.clone());
     let handler = CommandHandler::<Counter>::new(store.clone(), 10);
@@ -414,7 +414,7 @@ async fn an_append_inside_a_transaction_commits_or_rolls_back_with_it(pool: PgPo
     assert_eq!(handler.load("a").await.unwrap().1, 1);
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[testkit::test(migrations = "../migrations")]
 async fn reusing_an_event_id_elsewhere_is_refused(pool: PgPool) {
     let store = EventStore::new(pool.clone());
     let e = event(1);
@@ -433,7 +433,7 @@ async fn reusing_an_event_id_elsewhere_is_refused(pool: PgPool) {
     );
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[testkit::test(migrations = "../migrations")]
 async fn events_cannot_be_updated_deleted_or_truncated(pool: PgPool) {
     let store = EventStore::new(pool.clone());
     store
@@ -455,7 +455,7 @@ async fn events_cannot_be_updated_deleted_or_truncated(pool: PgPool) {
     assert_eq!(count, 1);
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[testkit::test(migrations = "../migrations")]
 async fn upcasters_turn_old_event_versions_into_the_current_shape(pool: PgPool) {
     let store = EventStore::new(pool.clone());
     // Version 1.0 stored the amount as "amount"; 2.0 calls it "by".
@@ -489,7 +489,7 @@ async fn upcasters_turn_old_event_versions_into_the_current_shape(pool: PgPool) 
 // ---------------------------------------------------------------------------------------
 // Catch-up reading with real open transactions.
 
-#[sqlx::test(migrations = "../migrations")]
+#[testkit::test(migrations = "../migrations")]
 async fn a_slow_writer_holding_a_lower_position_is_delivered_after_it_commits(pool: PgPool) {
     let store = EventStore::new(pool.clone());
     let start = tail_cursor(&store).await;
@@ -515,7 +515,7 @@ async fn a_slow_writer_holding_a_lower_position_is_delivered_after_it_commits(po
     assert_eq!(seen, [slow_id, fast_id]);
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[testkit::test(migrations = "../migrations")]
 async fn a_lower_position_drawn_before_any_xid_is_not_skipped(pool: PgPool) {
     let store = EventStore::new(pool.clone());
     let start = tail_cursor(&store).await;
@@ -552,7 +552,7 @@ async fn a_lower_position_drawn_before_any_xid_is_not_skipped(pool: PgPool) {
     assert_eq!(read_until(&store, cursor, 1).await, [late_id]);
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[testkit::test(migrations = "../migrations")]
 async fn a_lower_position_committed_first_waits_for_an_open_lower_xid(pool: PgPool) {
     let store = EventStore::new(pool.clone());
     let start = tail_cursor(&store).await;
@@ -573,7 +573,7 @@ async fn a_lower_position_committed_first_waits_for_an_open_lower_xid(pool: PgPo
     assert_eq!(read_until(&store, cursor, 2).await, [middle_id, early_id]);
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[testkit::test(migrations = "../migrations")]
 async fn rollbacks_and_conflict_losers_leave_holes_that_readers_pass(pool: PgPool) {
     let store = EventStore::new(pool.clone());
     let start = tail_cursor(&store).await;
@@ -617,7 +617,7 @@ async fn rollbacks_and_conflict_losers_leave_holes_that_readers_pass(pool: PgPoo
     assert_eq!(seen, [a.events[0].event_id, b.events[0].event_id]);
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[testkit::test(migrations = "../migrations")]
 async fn an_unrelated_long_transaction_stalls_readers_and_is_reported(pool: PgPool) {
     let store = EventStore::new(pool.clone());
     let start = tail_cursor(&store).await;
@@ -642,7 +642,7 @@ async fn an_unrelated_long_transaction_stalls_readers_and_is_reported(pool: PgPo
     assert_eq!(read_until(&store, start, 1).await, [e.events[0].event_id]);
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[testkit::test(migrations = "../migrations")]
 async fn a_subscription_catches_up_then_follows(pool: PgPool) {
     let store = EventStore::new(pool.clone());
     let first = store
@@ -683,7 +683,7 @@ async fn a_subscription_catches_up_then_follows(pool: PgPool) {
     assert_eq!(got[0].event_id, next.events[0].event_id);
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[testkit::test(migrations = "../migrations")]
 async fn the_head_is_the_newest_settled_event_and_nothing_after_it_is_lost(pool: PgPool) {
     let store = EventStore::new(pool.clone());
     assert_eq!(store.head().await.unwrap(), Cursor::START, "empty log");
@@ -722,7 +722,7 @@ async fn the_head_is_the_newest_settled_event_and_nothing_after_it_is_lost(pool:
 // Property: many writers with delays, rollbacks and conflicts; many readers with random page
 // sizes and restarts. Every reader sees exactly the committed events, once, in one order.
 
-#[sqlx::test(migrations = "../migrations")]
+#[testkit::test(migrations = "../migrations")]
 async fn every_reader_sees_exactly_the_committed_events_in_one_order(pool: PgPool) {
     let seed: u64 = std::env::var("PROPTEST_SEED")
         .ok()

@@ -56,7 +56,7 @@ async fn rows(pool: &PgPool) -> Vec<(Uuid, String, String, Vec<String>, bool, St
     .unwrap()
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[testkit::test(migrations = "../migrations")]
 async fn admin_events_build_rows_that_the_queries_read_and_a_rebuild_repeats(pool: PgPool) {
     let store = EventStore::new(pool.clone());
     let (root, viewer) = (Uuid::from_u128(1), Uuid::from_u128(2));

@@ -114,7 +114,7 @@ async fn seen(pool: &PgPool) -> Vec<Uuid> {
         .unwrap()
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn a_dump_restored_into_a_cluster_with_lower_xids_keeps_every_reader_in_order(
     target: PgPool,
 ) {
@@ -206,7 +206,7 @@ async fn a_dump_restored_into_a_cluster_with_lower_xids_keeps_every_reader_in_or
     assert_eq!(seen(&target).await, [old, new].concat());
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn a_prepared_transaction_holding_the_fence_shows_in_the_fence_status(_unused: PgPool) {
     // The shared server runs with max_prepared_transactions = 0, like most installations.
     let cluster = PrivateCluster::start(None, &["max_prepared_transactions=2"]);
@@ -258,7 +258,7 @@ async fn a_prepared_transaction_holding_the_fence_shows_in_the_fence_status(_unu
     pool.close().await;
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn a_standby_promoted_after_losing_commits_opens_an_epoch_so_held_cursors_skip_nothing(
     _unused: PgPool,
 ) {

@@ -182,7 +182,7 @@ async fn wait_until(what: &str, mut check: impl AsyncFnMut() -> bool) {
     }
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[testkit::test(migrations = "../migrations")]
 async fn a_crash_between_and_within_pages_still_gives_exactly_once_effects(pool: PgPool) {
     setup(&pool).await;
     let store = EventStore::new(pool.clone());
@@ -227,7 +227,7 @@ async fn a_crash_between_and_within_pages_still_gives_exactly_once_effects(pool:
     second.stop().await;
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[testkit::test(migrations = "../migrations")]
 async fn two_runners_of_one_projection_never_both_process_and_the_standby_takes_over(pool: PgPool) {
     setup(&pool).await;
     let store = EventStore::new(pool.clone());
@@ -266,7 +266,7 @@ async fn two_runners_of_one_projection_never_both_process_and_the_standby_takes_
     b.stop().await;
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[testkit::test(migrations = "../migrations")]
 async fn a_handler_error_stops_the_projection_without_skipping_the_event(pool: PgPool) {
     setup(&pool).await;
     let store = EventStore::new(pool.clone());
@@ -306,7 +306,7 @@ async fn a_handler_error_stops_the_projection_without_skipping_the_event(pool: P
     assert!(error.unwrap().contains("Poison"));
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[testkit::test(migrations = "../migrations")]
 async fn wait_for_gives_read_your_writes(pool: PgPool) {
     setup(&pool).await;
     let store = EventStore::new(pool.clone());
@@ -345,7 +345,7 @@ fn counter(metric: &str, projection: &str) -> u64 {
         .map_or(0, |value| value.trim().parse().unwrap())
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[testkit::test(migrations = "../migrations")]
 async fn a_statement_timeout_inside_a_handler_is_retried_and_the_projection_goes_on(pool: PgPool) {
     setup(&pool).await;
     metrics_text();
@@ -382,7 +382,7 @@ async fn a_statement_timeout_inside_a_handler_is_retried_and_the_projection_goes
     runner.stop().await;
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[testkit::test(migrations = "../migrations")]
 async fn a_killed_leader_backend_is_retried_without_counting_a_failure(pool: PgPool) {
     setup(&pool).await;
     metrics_text();
@@ -438,7 +438,7 @@ async fn a_killed_leader_backend_is_retried_without_counting_a_failure(pool: PgP
     runner.stop().await;
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[testkit::test(migrations = "../migrations")]
 async fn wait_for_on_a_stopped_or_aborted_runner_answers_at_once(pool: PgPool) {
     setup(&pool).await;
     let store = EventStore::new(pool.clone());
@@ -476,7 +476,7 @@ async fn wait_for_on_a_stopped_or_aborted_runner_answers_at_once(pool: PgPool) {
     assert_eq!(err, WaitError::Stopped("tally"));
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[testkit::test(migrations = "../migrations")]
 async fn the_leader_connection_has_timeouts_keepalives_and_synchronous_commit(pool: PgPool) {
     setup(&pool).await;
     let database: String = sqlx::query_scalar("SELECT current_database()")
@@ -521,7 +521,7 @@ async fn the_leader_connection_has_timeouts_keepalives_and_synchronous_commit(po
     );
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[testkit::test(migrations = "../migrations")]
 async fn a_leader_cut_off_by_a_partition_gives_up_and_the_projection_goes_on(pool: PgPool) {
     setup(&pool).await;
     metrics_text();

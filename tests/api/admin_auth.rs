@@ -86,7 +86,7 @@ fn assert_error(status: u16, body: &Value, expected_status: u16, code: &str) {
 
 // ---- login ----------------------------------------------------------------------------------
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn login_answers_the_user_and_a_token_pair(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let response = try_login(&app, "  ROOT@Example.com ", ROOT_PASSWORD).await;
@@ -120,7 +120,7 @@ async fn login_answers_the_user_and_a_token_pair(pool: PgPool) {
     app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn a_wrong_password_and_an_unknown_email_get_the_same_answer(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let (status, wrong_password) =
@@ -133,7 +133,7 @@ async fn a_wrong_password_and_an_unknown_email_get_the_same_answer(pool: PgPool)
     app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn repeated_failed_logins_are_throttled_even_for_the_right_password(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     for _ in 0..5 {
@@ -159,7 +159,7 @@ async fn repeated_failed_logins_are_throttled_even_for_the_right_password(pool: 
 
 // ---- the admin secret and the bearer token --------------------------------------------------
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn a_missing_or_wrong_admin_secret_is_refused_everywhere(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let (access, _) = login(&app).await;
@@ -187,7 +187,7 @@ async fn a_missing_or_wrong_admin_secret_is_refused_everywhere(pool: PgPool) {
     app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn a_missing_or_garbage_token_is_invalid(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let (status, body) = answer(
@@ -214,7 +214,7 @@ async fn a_missing_or_garbage_token_is_invalid(pool: PgPool) {
     app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn an_expired_token_is_refused_with_its_expiry(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let (access, _) = login(&app).await;
@@ -247,7 +247,7 @@ async fn an_expired_token_is_refused_with_its_expiry(pool: PgPool) {
 
 // ---- refresh, reuse, logout, me ----------------------------------------------------------------
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn refresh_rotates_and_reusing_an_old_token_revokes_the_whole_session(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let (_, first) = login(&app).await;
@@ -275,7 +275,7 @@ async fn refresh_rotates_and_reusing_an_old_token_revokes_the_whole_session(pool
     app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn an_unknown_refresh_token_is_invalid(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let (status, body) = refresh(&app, "not-a-token").await;
@@ -283,7 +283,7 @@ async fn an_unknown_refresh_token_is_invalid(pool: PgPool) {
     app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn logout_ends_the_access_and_refresh_tokens_of_the_session(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let (access, refresh_token) = login(&app).await;
@@ -309,7 +309,7 @@ fn assert_error_status((status, body): (u16, Value), expected: u16, code: &str) 
     assert_error(status, &body, expected, code);
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn me_answers_the_current_admin_without_secrets(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let (access, _) = login(&app).await;
@@ -325,7 +325,7 @@ async fn me_answers_the_current_admin_without_secrets(pool: PgPool) {
 
 // ---- permissions -------------------------------------------------------------------------------
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn a_viewer_reads_what_it_may_and_writes_nothing(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let (root, _) = login(&app).await;
@@ -376,7 +376,7 @@ async fn a_viewer_reads_what_it_may_and_writes_nothing(pool: PgPool) {
     app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn an_admin_cannot_grant_more_than_it_holds(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let (root, _) = login(&app).await;
@@ -410,7 +410,7 @@ async fn an_admin_cannot_grant_more_than_it_holds(pool: PgPool) {
 
 // ---- managing admins ----------------------------------------------------------------------------
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn a_created_admin_can_log_in_and_its_email_is_then_taken(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let (root, _) = login(&app).await;
@@ -444,7 +444,7 @@ async fn a_created_admin_can_log_in_and_its_email_is_then_taken(pool: PgPool) {
     app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn invalid_admin_input_names_the_field(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let (root, _) = login(&app).await;
@@ -474,7 +474,7 @@ async fn invalid_admin_input_names_the_field(pool: PgPool) {
     app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn the_last_active_super_admin_can_be_neither_deactivated_nor_demoted(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let (root, _) = login(&app).await;
@@ -511,7 +511,7 @@ async fn the_last_active_super_admin_can_be_neither_deactivated_nor_demoted(pool
     app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn a_deactivated_admin_is_locked_out_at_once_and_can_be_reactivated(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let (root, _) = login(&app).await;
@@ -555,7 +555,7 @@ async fn a_deactivated_admin_is_locked_out_at_once_and_can_be_reactivated(pool: 
     app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn admins_are_listed_a_page_at_a_time(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let (root, _) = login(&app).await;
@@ -612,7 +612,7 @@ async fn admins_are_listed_a_page_at_a_time(pool: PgPool) {
 
 // ---- audit trail, rate limit, bootstrap --------------------------------------------------------
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn a_login_is_recorded_as_an_event_with_ip_user_agent_and_request_id(pool: PgPool) {
     let app = TestApp::spawn(pool.clone()).await;
     let response = app
@@ -654,7 +654,7 @@ async fn a_login_is_recorded_as_an_event_with_ip_user_agent_and_request_id(pool:
     app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn too_many_admin_requests_in_a_minute_get_429_with_retry_after(pool: PgPool) {
     let app = TestApp::spawn_with(pool, &[("ADMIN_RATE_LIMIT_PER_MINUTE", "3")]).await;
     let (access, _) = login(&app).await;
@@ -686,7 +686,7 @@ async fn too_many_admin_requests_in_a_minute_get_429_with_retry_after(pool: PgPo
     app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn two_instances_starting_together_create_one_bootstrap_admin(pool: PgPool) {
     let (a, b) = tokio::join!(TestApp::spawn(pool.clone()), TestApp::spawn(pool.clone()));
     let created: i64 =

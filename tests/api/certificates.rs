@@ -109,7 +109,7 @@ fn change_payload_byte(certificate: &str) -> String {
     )
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn certificates_of_the_gateway_verify_with_node_against_the_served_keys_and_fail_when_changed(
     pool: PgPool,
 ) {
@@ -231,7 +231,7 @@ async fn certificates_of_the_gateway_verify_with_node_against_the_served_keys_an
     app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn the_public_key_route_needs_no_credentials_and_lists_only_the_current_key_by_default(
     pool: PgPool,
 ) {

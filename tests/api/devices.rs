@@ -174,7 +174,7 @@ async fn next_of(socket: &mut Socket, kind: &str) -> Value {
     }
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn the_first_device_is_approved_master_and_answers_as_seed_002(pool: PgPool) {
     let s = setup(pool.clone()).await;
     let (id, key) = license(&s, "pro", 5).await;
@@ -258,7 +258,7 @@ async fn the_first_device_is_approved_master_and_answers_as_seed_002(pool: PgPoo
     s.app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn a_second_device_waits_for_approval_and_the_panel_is_told(pool: PgPool) {
     let s = setup(pool).await;
     let (id, key) = license(&s, "pro", 5).await;
@@ -337,7 +337,7 @@ async fn old_license(pool: &PgPool, key: &str, days_ago: i64) -> (String, String
     (id.to_string(), key.to_string())
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn errors_come_in_the_spec_order(pool: PgPool) {
     let s = setup(pool.clone()).await;
     // Unknown and malformed keys answer alike.
@@ -408,7 +408,7 @@ async fn errors_come_in_the_spec_order(pool: PgPool) {
     s.app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn bad_verify_input_is_refused_with_its_field(pool: PgPool) {
     let s = setup(pool).await;
     let (id, key) = license(&s, "pro", 5).await;
@@ -462,7 +462,7 @@ async fn bad_verify_input_is_refused_with_its_field(pool: PgPool) {
     s.app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn approvals_stop_at_max_devices_even_when_they_race(pool: PgPool) {
     let s = setup(pool).await;
     let (id, key) = license(&s, "pro", 2).await;
@@ -503,7 +503,7 @@ async fn approvals_stop_at_max_devices_even_when_they_race(pool: PgPool) {
     s.app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn making_another_device_master_moves_the_flag(pool: PgPool) {
     let s = setup(pool).await;
     let (id, key) = license(&s, "pro", 5).await;
@@ -552,7 +552,7 @@ async fn making_another_device_master_moves_the_flag(pool: PgPool) {
     s.app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn a_device_releases_its_seat_and_another_takes_it(pool: PgPool) {
     let s = setup(pool).await;
     let (id, key) = license(&s, "basic", 1).await;
@@ -602,7 +602,7 @@ async fn a_device_releases_its_seat_and_another_takes_it(pool: PgPool) {
     s.app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn a_suspension_on_one_instance_stops_verify_on_another(pool: PgPool) {
     let s = setup(pool.clone()).await;
     let other = TestApp::spawn_with(pool, &[("TRUSTED_PROXIES", "127.0.0.1/32")]).await;
@@ -636,7 +636,7 @@ async fn a_suspension_on_one_instance_stops_verify_on_another(pool: PgPool) {
     s.app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn a_waiting_desktop_hears_of_its_approval_on_ws_device(pool: PgPool) {
     let s = setup(pool).await;
     let (id, key) = license(&s, "pro", 5).await;
@@ -696,7 +696,7 @@ async fn a_waiting_desktop_hears_of_its_approval_on_ws_device(pool: PgPool) {
     s.app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn guesses_are_limited_per_client_network_and_its_known_desktops_go_on(pool: PgPool) {
     let s = setup(pool).await;
     let (_, key) = license(&s, "pro", 5).await;
@@ -736,7 +736,7 @@ async fn guesses_are_limited_per_client_network_and_its_known_desktops_go_on(poo
     s.app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn a_block_is_not_undone_by_a_new_fingerprint(pool: PgPool) {
     let s = setup(pool).await;
     let (id, key) = license(&s, "pro", 3).await;

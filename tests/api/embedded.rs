@@ -194,8 +194,8 @@ mod readme_first_command {
     }
 
     /// Tables of the database in `DATABASE_URL` (the machine's Postgres the other tests use),
-    /// not counting `_sqlx_test`, where `sqlx::test` books the databases of tests running
-    /// meanwhile.
+    /// not counting `_sqlx_test`, where `sqlx::test` (which these tests used before testkit)
+    /// booked its databases: a run of an older checkout may still write there meanwhile.
     async fn machine_tables() -> Vec<String> {
         let url = std::env::var("DATABASE_URL")
             .expect("DATABASE_URL names the machine's Postgres (README, Operations)");

@@ -25,7 +25,7 @@ async fn envelope(response: reqwest::Response) -> (u16, Value) {
     (status, response.json().await.unwrap())
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn an_unknown_route_is_a_404_envelope(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let (status, body) = envelope(app.client.get(app.url("/v1/nope")).send().await.unwrap()).await;
@@ -37,7 +37,7 @@ async fn an_unknown_route_is_a_404_envelope(pool: PgPool) {
     app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn a_wrong_method_is_a_405_envelope(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let (status, body) =
@@ -93,7 +93,7 @@ fn post_json(body: impl Into<Body>) -> Request<Body> {
         .unwrap()
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn malformed_json_is_a_400_envelope(pool: PgPool) {
     let router = probe_router(pool).await;
     let (status, body) = call(&router, post_json("{\"name\": ")).await;
@@ -101,7 +101,7 @@ async fn malformed_json_is_a_400_envelope(pool: PgPool) {
     assert_eq!(body["error"]["code"], "INVALID_JSON");
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn a_wrongly_typed_field_is_a_422_naming_the_field(pool: PgPool) {
     let router = probe_router(pool).await;
     let (status, body) = call(&router, post_json(r#"{"name": "x", "count": "many"}"#)).await;
@@ -112,7 +112,7 @@ async fn a_wrongly_typed_field_is_a_422_naming_the_field(pool: PgPool) {
     assert_eq!(body["error"]["field"], "name");
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn a_missing_json_content_type_is_a_415_envelope(pool: PgPool) {
     let router = probe_router(pool).await;
     let request = Request::post("/probe").body(Body::from("{}")).unwrap();
@@ -121,7 +121,7 @@ async fn a_missing_json_content_type_is_a_415_envelope(pool: PgPool) {
     assert_eq!(body["error"]["code"], "UNSUPPORTED_MEDIA_TYPE");
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn an_oversized_body_is_a_413_envelope(pool: PgPool) {
     let router = probe_router(pool).await;
     let big = format!(
@@ -133,7 +133,7 @@ async fn an_oversized_body_is_a_413_envelope(pool: PgPool) {
     assert_eq!(body["error"]["code"], "PAYLOAD_TOO_LARGE");
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn a_panic_is_a_500_envelope_without_internal_text(pool: PgPool) {
     let router = probe_router(pool).await;
     let (status, body) = call(&router, Request::get("/panic").body(Body::empty()).unwrap()).await;

@@ -149,7 +149,7 @@ async fn lead_detail(app: &TestApp, token: &str, lead: &str, entries: usize) -> 
 // ---------------------------------------------------------------------------------------
 // Poison text.
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn a_nul_in_any_landing_field_is_refused_and_changes_nothing(pool: PgPool) {
     let app = TestApp::spawn_with(pool.clone(), &[("TRUSTED_PROXIES", "127.0.0.1/32")]).await;
     for field in [
@@ -195,7 +195,7 @@ async fn a_nul_in_any_landing_field_is_refused_and_changes_nothing(pool: PgPool)
     app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn nul_in_admin_input_is_a_422_never_a_500(pool: PgPool) {
     let app = TestApp::spawn(pool.clone()).await;
     let (token, _) = login(&app).await;
@@ -264,7 +264,7 @@ async fn nul_in_admin_input_is_a_422_never_a_500(pool: PgPool) {
     app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn a_nul_already_in_the_log_is_stored_safely_and_stops_nothing(pool: PgPool) {
     let app = TestApp::spawn(pool.clone()).await;
     let (token, _) = login(&app).await;
@@ -355,7 +355,7 @@ fn hostile_text() -> BoxedStrategy<String> {
 /// Drives every endpoint that takes a command with arbitrary Unicode in every string field.
 /// Whatever is accepted, every projection keeps running and the live feed keeps delivering.
 /// `PROPTEST_SEED=<n>` replays a run.
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn arbitrary_unicode_in_every_field_never_stops_a_read_model(pool: PgPool) {
     let app = TestApp::spawn_with(
         pool.clone(),
@@ -505,7 +505,7 @@ fn urlencode(text: &str) -> String {
 // ---------------------------------------------------------------------------------------
 // Admins above one's rights.
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn an_admin_with_users_only_cannot_touch_an_admin_who_holds_more(pool: PgPool) {
     let app = TestApp::spawn(pool.clone()).await;
     let (root, _) = login(&app).await;
@@ -573,7 +573,7 @@ async fn an_admin_with_users_only_cannot_touch_an_admin_who_holds_more(pool: PgP
     app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn look_alike_admin_emails_are_refused(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let (root, _) = login(&app).await;
@@ -602,7 +602,7 @@ async fn look_alike_admin_emails_are_refused(pool: PgPool) {
 // ---------------------------------------------------------------------------------------
 // What the public answer and the log reveal.
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn every_submission_is_answered_with_its_own_id_that_reveals_no_lead(pool: PgPool) {
     let app = TestApp::spawn(pool.clone()).await;
     let (token, _) = login(&app).await;
@@ -656,7 +656,7 @@ pub async fn dump(pool: &PgPool) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn the_submitters_address_is_sealed_with_the_lead_and_shredded_with_it(pool: PgPool) {
     let app = TestApp::spawn_with(pool.clone(), &[("TRUSTED_PROXIES", "127.0.0.1/32")]).await;
     let (token, _) = login(&app).await;
@@ -718,7 +718,7 @@ async fn the_submitters_address_is_sealed_with_the_lead_and_shredded_with_it(poo
     app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn expired_idempotency_keys_are_forgotten(pool: PgPool) {
     let app = TestApp::spawn(pool.clone()).await;
     let send = || {
@@ -743,7 +743,7 @@ async fn expired_idempotency_keys_are_forgotten(pool: PgPool) {
     app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn only_a_short_plain_request_id_is_kept_and_recorded(pool: PgPool) {
     let app = TestApp::spawn(pool.clone()).await;
     let long = "a".repeat(5_000);
@@ -786,7 +786,7 @@ async fn only_a_short_plain_request_id_is_kept_and_recorded(pool: PgPool) {
 // ---------------------------------------------------------------------------------------
 // Resource limits.
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn made_up_methods_do_not_mint_metric_series(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     for i in 0..20 {
@@ -816,7 +816,7 @@ async fn made_up_methods_do_not_mint_metric_series(pool: PgPool) {
     app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn silent_and_idle_connections_are_closed(pool: PgPool) {
     let app = TestApp::spawn_with(pool, &[("HTTP_IDLE_TIMEOUT_MS", "300")]).await;
     let address = app.base.trim_start_matches("http://").to_string();
@@ -849,7 +849,7 @@ async fn silent_and_idle_connections_are_closed(pool: PgPool) {
 // ---------------------------------------------------------------------------------------
 // Edge inputs that used to answer 500, and the answers' headers.
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn edge_inputs_get_a_4xx_in_the_envelope(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let (root, _) = login(&app).await;
@@ -923,7 +923,7 @@ async fn edge_inputs_get_a_4xx_in_the_envelope(pool: PgPool) {
     app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn every_answer_carries_the_security_headers(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let login = app
@@ -944,7 +944,7 @@ async fn every_answer_carries_the_security_headers(pool: PgPool) {
     app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn the_csv_export_opens_in_a_turkish_excel(pool: PgPool) {
     let app = TestApp::spawn(pool.clone()).await;
     let (token, _) = login(&app).await;
@@ -995,7 +995,7 @@ async fn the_csv_export_opens_in_a_turkish_excel(pool: PgPool) {
 // ---------------------------------------------------------------------------------------
 // Found by the attacker review of the first fixes.
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn look_alike_contacts_and_invisible_names_are_refused_on_the_landing_form(pool: PgPool) {
     let app = TestApp::spawn_with(pool.clone(), &[("TRUSTED_PROXIES", "127.0.0.1/32")]).await;
     for (field, value) in [
@@ -1044,7 +1044,7 @@ async fn look_alike_contacts_and_invisible_names_are_refused_on_the_landing_form
     app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn ipv6_clients_are_rate_limited_by_their_network(pool: PgPool) {
     let app = TestApp::spawn_with(pool, &[("TRUSTED_PROXIES", "127.0.0.1/32")]).await;
     let mut statuses = Vec::new();
@@ -1068,7 +1068,7 @@ async fn ipv6_clients_are_rate_limited_by_their_network(pool: PgPool) {
     app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn a_body_that_is_not_json_gets_no_parser_text(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let response = app

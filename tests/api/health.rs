@@ -5,7 +5,7 @@ use sqlx::PgPool;
 
 use crate::helpers::TestApp;
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn health_answers_healthy_with_a_millisecond_timestamp(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let response = app.client.get(app.url("/health")).send().await.unwrap();
@@ -22,7 +22,7 @@ async fn health_answers_healthy_with_a_millisecond_timestamp(pool: PgPool) {
     app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn ready_reports_database_and_migrations(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let body: Value = app
@@ -40,7 +40,7 @@ async fn ready_reports_database_and_migrations(pool: PgPool) {
     app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn ready_fails_when_a_migration_is_missing(pool: PgPool) {
     let app = TestApp::spawn(pool.clone()).await;
     // Pretend the newest migration was never applied.
@@ -59,7 +59,7 @@ async fn ready_fails_when_a_migration_is_missing(pool: PgPool) {
     app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn a_request_in_flight_finishes_during_graceful_shutdown(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let client = app.client.clone();
@@ -77,7 +77,7 @@ async fn a_request_in_flight_finishes_during_graceful_shutdown(pool: PgPool) {
     stopped.await.unwrap().unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn metrics_show_latency_appends_projection_lag_fence_and_sockets(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let created = app

@@ -26,7 +26,7 @@ pub struct TestApp {
     task: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
-/// The URL of the database behind `pool` (the test's own, made by `sqlx::test`).
+/// The URL of the database behind `pool` (the test's own, made by `testkit::test`).
 pub fn database_url(pool: &PgPool) -> String {
     let base = std::env::var("DATABASE_URL")
         .expect("DATABASE_URL names the test Postgres (README, Operations)");

@@ -107,7 +107,7 @@ fn history_len(n: usize) -> impl Fn(&Value) -> bool {
 // ---------------------------------------------------------------------------------------
 // Landing (seed 000 §1).
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn the_seed_landing_submission_is_accepted_with_the_turkish_message(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let response = post_lead(&app, &seed_lead()).await;
@@ -122,7 +122,7 @@ async fn the_seed_landing_submission_is_accepted_with_the_turkish_message(pool: 
     app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn a_missing_or_wrong_api_key_is_refused(pool: PgPool) {
     let app = TestApp::spawn(pool.clone()).await;
     for key in [None, Some("lp_live_wrong")] {
@@ -147,7 +147,7 @@ async fn a_missing_or_wrong_api_key_is_refused(pool: PgPool) {
     app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn invalid_fields_are_422_naming_the_field_and_change_nothing(pool: PgPool) {
     let app = TestApp::spawn(pool.clone()).await;
     let cases: Vec<(&str, Value, &str)> = vec![
@@ -188,7 +188,7 @@ async fn invalid_fields_are_422_naming_the_field_and_change_nothing(pool: PgPool
     app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn turkish_phone_spellings_are_stored_in_e164(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let (token, _) = login(&app).await;
@@ -213,7 +213,7 @@ async fn turkish_phone_spellings_are_stored_in_e164(pool: PgPool) {
     app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn the_eleventh_submission_in_a_minute_is_rate_limited(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     for i in 0..10 {
@@ -251,7 +251,7 @@ async fn the_eleventh_submission_in_a_minute_is_rate_limited(pool: PgPool) {
     app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn forwarded_addresses_count_only_behind_a_trusted_proxy(pool: PgPool) {
     let app = TestApp::spawn_with(pool, &[("TRUSTED_PROXIES", "127.0.0.1/32")]).await;
     // Behind the trusted proxy, each forwarded client has its own budget of 10.
@@ -282,7 +282,7 @@ async fn forwarded_addresses_count_only_behind_a_trusted_proxy(pool: PgPool) {
     app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn a_duplicate_submission_lands_on_the_open_lead_as_a_resubmission(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let (token, _) = login(&app).await;
@@ -322,7 +322,7 @@ async fn a_duplicate_submission_lands_on_the_open_lead_as_a_resubmission(pool: P
     app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn concurrent_duplicates_create_one_lead(pool: PgPool) {
     let app = TestApp::spawn_with(pool.clone(), &[("TRUSTED_PROXIES", "127.0.0.1/32")]).await;
     let requests = (0..8).map(|i| {
@@ -359,7 +359,7 @@ async fn concurrent_duplicates_create_one_lead(pool: PgPool) {
     app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn a_creation_that_fails_at_the_append_leaves_no_reservation_key_or_stream(pool: PgPool) {
     let app = TestApp::spawn(pool.clone()).await;
     // The append is the last write of a creation: failing it stands in for a crash after the
@@ -416,7 +416,7 @@ async fn a_creation_that_fails_at_the_append_leaves_no_reservation_key_or_stream
     app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn a_retried_request_with_the_same_idempotency_key_gets_the_same_answer(pool: PgPool) {
     let app = TestApp::spawn(pool.clone()).await;
     let send = |body: Value| {
@@ -444,7 +444,7 @@ async fn a_retried_request_with_the_same_idempotency_key_gets_the_same_answer(po
     app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn cors_admits_only_the_landing_origins(pool: PgPool) {
     let app = TestApp::spawn_with(pool, &[("LANDING_ORIGINS", "https://domizan.com")]).await;
     let preflight = |origin: &'static str| {
@@ -507,7 +507,7 @@ async fn three_leads(app: &TestApp) -> Vec<String> {
     ]
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn the_admin_list_filters_searches_sorts_and_pages(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let (token, _) = login(&app).await;
@@ -602,7 +602,7 @@ fn urlencode(s: &str) -> String {
         .collect()
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn patch_moves_status_assigns_and_notes_and_answers_with_the_updated_lead(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let (token, _) = login(&app).await;
@@ -663,7 +663,7 @@ async fn patch_moves_status_assigns_and_notes_and_answers_with_the_updated_lead(
     app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn illegal_transitions_are_refused(pool: PgPool) {
     let app = TestApp::spawn(pool.clone()).await;
     let (token, _) = login(&app).await;
@@ -729,7 +729,7 @@ async fn illegal_transitions_are_refused(pool: PgPool) {
     app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn activities_join_the_timeline_oldest_first(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let (token, _) = login(&app).await;
@@ -770,7 +770,7 @@ async fn activities_join_the_timeline_oldest_first(pool: PgPool) {
     app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn the_board_groups_leads_by_status(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let (token, _) = login(&app).await;
@@ -803,7 +803,7 @@ async fn the_board_groups_leads_by_status(pool: PgPool) {
     app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn the_csv_export_escapes_formulas_and_follows_the_filters(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let (token, _) = login(&app).await;
@@ -871,7 +871,7 @@ async fn the_csv_export_escapes_formulas_and_follows_the_filters(pool: PgPool) {
     app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn a_viewer_may_read_leads_but_not_change_them(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let (token, _) = login(&app).await;
@@ -929,7 +929,7 @@ async fn a_viewer_may_read_leads_but_not_change_them(pool: PgPool) {
 // ---------------------------------------------------------------------------------------
 // KVKK erasure (SPEC §8).
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn personal_data_never_lies_in_clear_in_the_event_rows(pool: PgPool) {
     let app = TestApp::spawn(pool.clone()).await;
     let (token, _) = login(&app).await;
@@ -968,7 +968,7 @@ async fn personal_data_never_lies_in_clear_in_the_event_rows(pool: PgPool) {
     app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn erasure_shreds_the_lead_everywhere_and_survives_a_rebuild(pool: PgPool) {
     let app = TestApp::spawn(pool.clone()).await;
     let (token, _) = login(&app).await;
@@ -1070,7 +1070,7 @@ async fn erasure_shreds_the_lead_everywhere_and_survives_a_rebuild(pool: PgPool)
     app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn a_lost_lead_gets_no_resubmissions_until_it_is_reopened(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let (token, _) = login(&app).await;
@@ -1108,7 +1108,7 @@ async fn a_lost_lead_gets_no_resubmissions_until_it_is_reopened(pool: PgPool) {
     app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn an_idempotency_key_left_by_a_dead_request_is_taken_over(pool: PgPool) {
     let app = TestApp::spawn(pool.clone()).await;
     let send = || {

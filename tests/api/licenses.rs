@@ -136,7 +136,7 @@ async fn license_until(s: &Setup, id: &str, done: impl Fn(&Value) -> bool) -> Va
     panic!("license {id} did not reach the expected state: {last}");
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn the_seed_license_is_created_with_its_webhook_and_its_email(pool: PgPool) {
     let s = setup(pool).await;
     let data = create(&s, &seed_license()).await;
@@ -193,7 +193,7 @@ async fn the_seed_license_is_created_with_its_webhook_and_its_email(pool: PgPool
 }
 
 /// Every place a secret could leak: the answers an admin gets and the whole database.
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn no_secret_lies_in_clear_in_any_answer_or_in_the_database(pool: PgPool) {
     let s = setup(pool.clone()).await;
     let data = create(&s, &seed_license()).await;
@@ -235,7 +235,7 @@ async fn no_secret_lies_in_clear_in_any_answer_or_in_the_database(pool: PgPool) 
     s.app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn a_lead_converts_into_a_license_once(pool: PgPool) {
     let s = setup(pool.clone()).await;
     let lead = submit_lead(&s.app, 1).await;
@@ -270,7 +270,7 @@ async fn a_lead_converts_into_a_license_once(pool: PgPool) {
     s.app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn two_concurrent_conversions_of_one_lead_make_one_license(pool: PgPool) {
     let s = setup(pool.clone()).await;
     let lead = submit_lead(&s.app, 2).await;
@@ -298,7 +298,7 @@ async fn two_concurrent_conversions_of_one_lead_make_one_license(pool: PgPool) {
     s.app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn a_conversion_cut_off_after_the_license_is_completed_at_the_next_start(pool: PgPool) {
     let s = setup(pool.clone()).await;
     let lead: Uuid = submit_lead(&s.app, 3).await.parse().unwrap();
@@ -355,7 +355,7 @@ async fn a_conversion_cut_off_after_the_license_is_completed_at_the_next_start(p
     app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn an_erased_or_lost_lead_does_not_convert(pool: PgPool) {
     let s = setup(pool.clone()).await;
     let body = json!({"packageType": "basic", "durationMonths": 1});
@@ -425,7 +425,7 @@ async fn an_erased_or_lost_lead_does_not_convert(pool: PgPool) {
     s.app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn telegram_down_or_slow_does_not_fail_the_license_and_a_retry_sets_it_up(pool: PgPool) {
     let s = setup(pool).await;
     s.telegram.set_mode(Mode::Down);
@@ -456,7 +456,7 @@ async fn telegram_down_or_slow_does_not_fail_the_license_and_a_retry_sets_it_up(
     s.app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn a_new_bot_token_reruns_set_webhook_and_removing_it_deletes_the_webhook(pool: PgPool) {
     let s = setup(pool).await;
     let data = create(&s, &seed_license()).await;
@@ -500,7 +500,7 @@ async fn a_new_bot_token_reruns_set_webhook_and_removing_it_deletes_the_webhook(
     s.app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn smtp_down_then_up_sends_exactly_one_mail(pool: PgPool) {
     let s = setup(pool).await;
     s.smtp.set_up(false);
@@ -549,7 +549,7 @@ async fn smtp_down_then_up_sends_exactly_one_mail(pool: PgPool) {
     s.app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn tax_numbers_need_valid_check_digits(pool: PgPool) {
     let s = setup(pool).await;
     for (vkn, ok) in [
@@ -574,7 +574,7 @@ async fn tax_numbers_need_valid_check_digits(pool: PgPool) {
     s.app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn every_lifecycle_transition_and_its_refusals(pool: PgPool) {
     let s = setup(pool).await;
     let data = create(&s, &seed_license()).await;
@@ -677,7 +677,7 @@ async fn every_lifecycle_transition_and_its_refusals(pool: PgPool) {
     s.app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn an_expired_license_is_listed_as_expired_never_active(pool: PgPool) {
     let s = setup(pool.clone()).await;
     let id = Uuid::now_v7();
@@ -756,7 +756,7 @@ async fn an_expired_license_is_listed_as_expired_never_active(pool: PgPool) {
     s.app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn the_list_searches_filters_and_groups_customers(pool: PgPool) {
     let s = setup(pool).await;
     let first = create(&s, &seed_license()).await;
@@ -810,7 +810,7 @@ async fn the_list_searches_filters_and_groups_customers(pool: PgPool) {
     s.app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn plans_exist_from_the_start_with_exact_prices_and_follow_their_rules(pool: PgPool) {
     let s = setup(pool).await;
     let (_, plans) = send(admin(&s.app, Method::GET, "/v1/admin/plans", &s.token)).await;
@@ -895,7 +895,7 @@ async fn plans_exist_from_the_start_with_exact_prices_and_follow_their_rules(poo
     s.app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn license_events_reach_admins_who_hold_licenses_only(pool: PgPool) {
     let s = setup(pool).await;
     let sales = create_admin(&s.app, &s.token, "sales@example.com", "admin", &["leads"]).await;
@@ -941,7 +941,7 @@ async fn license_events_reach_admins_who_hold_licenses_only(pool: PgPool) {
     s.app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn a_plan_is_never_deleted_while_a_license_is_created_with_it(pool: PgPool) {
     let s = setup(pool.clone()).await;
     for round in 0..4 {
@@ -976,7 +976,7 @@ async fn a_plan_is_never_deleted_while_a_license_is_created_with_it(pool: PgPool
     s.app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn revoking_a_license_takes_its_bots_webhook_down(pool: PgPool) {
     let s = setup(pool).await;
     let data = create(&s, &seed_license()).await;

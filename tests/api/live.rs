@@ -203,7 +203,7 @@ fn token_expiring_at(genuine: &str, exp: i64) -> String {
 
 // ---- messages ------------------------------------------------------------------------------
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn a_new_lead_arrives_on_an_authenticated_socket(pool: PgPool) {
     // How fast is the bench's business (ops/bench, live phase), not a timed test's: under a
     // loaded CI machine a latency bound here only flakes. `next_json` still gives up after
@@ -238,7 +238,7 @@ async fn a_new_lead_arrives_on_an_authenticated_socket(pool: PgPool) {
     app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn a_patch_is_pushed_as_lead_updated(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let (access, _) = login(&app).await;
@@ -276,7 +276,7 @@ async fn a_patch_is_pushed_as_lead_updated(pool: PgPool) {
 
 // ---- auth ------------------------------------------------------------------------------------
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn a_bad_token_closes_with_4401(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let mut socket = connect(&app).await;
@@ -290,7 +290,7 @@ async fn a_bad_token_closes_with_4401(pool: PgPool) {
     app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn a_malformed_since_closes_with_4400(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let (access, _) = login(&app).await;
@@ -304,7 +304,7 @@ async fn a_malformed_since_closes_with_4400(pool: PgPool) {
     app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn a_since_beyond_the_end_of_the_log_closes_with_4400(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let (access, _) = login(&app).await;
@@ -324,7 +324,7 @@ async fn a_since_beyond_the_end_of_the_log_closes_with_4400(pool: PgPool) {
     app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn an_expired_token_closes_with_4401(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let (access, _) = login(&app).await;
@@ -346,7 +346,7 @@ async fn an_expired_token_closes_with_4401(pool: PgPool) {
     app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn no_auth_message_in_time_closes_with_4401(pool: PgPool) {
     let app = TestApp::spawn_with(pool, &[("WS_AUTH_TIMEOUT_MS", "300")]).await;
     let opened = Instant::now();
@@ -360,7 +360,7 @@ async fn no_auth_message_in_time_closes_with_4401(pool: PgPool) {
     app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn a_deactivated_admin_is_disconnected_at_once(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let (root, _) = login(&app).await;
@@ -386,7 +386,7 @@ async fn a_deactivated_admin_is_disconnected_at_once(pool: PgPool) {
 
 // ---- resume, permissions -----------------------------------------------------------------------
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn a_reconnecting_panel_gets_what_it_missed_with_since(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let (access, _) = login(&app).await;
@@ -429,7 +429,7 @@ async fn a_reconnecting_panel_gets_what_it_missed_with_since(pool: PgPool) {
     app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn an_admin_without_the_leads_permission_gets_no_lead_events(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let (root, _) = login(&app).await;
@@ -490,7 +490,7 @@ async fn append_leads(pool: PgPool, n: usize, utm_source: String) -> HashSet<Str
     writers.join_all().await.into_iter().flatten().collect()
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn a_slow_socket_is_dropped_and_others_still_receive(pool: PgPool) {
     let app = TestApp::spawn(pool.clone()).await;
     let (access, _) = login(&app).await;
@@ -542,7 +542,7 @@ async fn a_slow_socket_is_dropped_and_others_still_receive(pool: PgPool) {
     app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn many_sockets_share_one_subscription(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let (access, _) = login(&app).await;
@@ -567,7 +567,7 @@ async fn many_sockets_share_one_subscription(pool: PgPool) {
     app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn stopping_the_gateway_closes_sockets_with_1001(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let (access, _) = login(&app).await;
@@ -614,7 +614,7 @@ async fn append_unpushed(pool: &PgPool, n: usize) -> Cursor {
         .unwrap()
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn an_admin_who_sees_nothing_still_gets_newer_cursors_in_progress_frames(pool: PgPool) {
     let app = TestApp::spawn_with(pool, &[("WS_PROGRESS_INTERVAL_MS", "100")]).await;
     let (root, _) = login(&app).await;
@@ -656,7 +656,7 @@ async fn an_admin_who_sees_nothing_still_gets_newer_cursors_in_progress_frames(p
     app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn a_since_too_far_behind_closes_with_4400_cursor_too_old(pool: PgPool) {
     let app = TestApp::spawn_with(pool, &[("WS_MAX_REPLAY_EVENTS", "5")]).await;
     let (access, _) = login(&app).await;
@@ -683,7 +683,7 @@ async fn a_since_too_far_behind_closes_with_4400_cursor_too_old(pool: PgPool) {
     app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn after_the_database_moves_the_feed_restarts_and_stale_cursors_close_with_4400(
     pool: PgPool,
 ) {
@@ -727,7 +727,7 @@ async fn after_the_database_moves_the_feed_restarts_and_stale_cursors_close_with
     app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn a_lead_missing_from_the_read_model_is_pushed_as_an_error_and_counted(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let (access, _) = login(&app).await;
@@ -774,7 +774,7 @@ async fn a_lead_missing_from_the_read_model_is_pushed_as_an_error_and_counted(po
     app.stop().await.unwrap();
 }
 
-#[sqlx::test(migrations = false)]
+#[testkit::test(migrations = false)]
 async fn a_gateway_started_on_a_moved_database_opens_a_new_epoch_before_it_appends(pool: PgPool) {
     let app = TestApp::spawn(pool.clone()).await;
     let (access, _) = login(&app).await;

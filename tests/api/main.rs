@@ -1,5 +1,5 @@
 //! Black-box tests of the gateway: the real server on port 0 against a real Postgres, one
-//! fresh database per test (created and dropped by `sqlx::test`). All in one test binary.
+//! fresh database per test (created and dropped by `testkit::test`). All in one test binary.
 
 mod admin_auth;
 mod certificates;
