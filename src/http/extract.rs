@@ -1,9 +1,10 @@
 //! Extractors that reject with our envelope instead of axum's plain-text rejections, and in
 //! the product's words instead of the parser's.
 
+use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -24,9 +25,28 @@ where
     type Rejection = AppError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let axum::Json(value) = axum::Json::<Value>::from_request(req, state)
-            .await
-            .map_err(json_rejection)?;
+        if !json_content_type(req.headers()) {
+            return Err(AppError::unsupported_media_type());
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                AppError::payload_too_large()
+            } else {
+                AppError::invalid_json(e.body_text())
+            }
+        })?;
+        // The common case straight into `T`. A body that could hold U+0000 (only as the
+        // escape) or that fails in any way takes the careful path below, so every refusal is
+        // decided as there: syntax before U+0000 before fit.
+        if !bytes.windows(6).any(|w| w == br"\u0000") {
+            let mut deserializer = serde_json::Deserializer::from_slice(&bytes);
+            if let Ok(value) = serde_path_to_error::deserialize(&mut deserializer)
+                && deserializer.end().is_ok()
+            {
+                return Ok(AppJson(value));
+            }
+        }
+        let axum::Json(value) = axum::Json::<Value>::from_bytes(&bytes).map_err(json_rejection)?;
         if let Some(field) = nul_path(&value, String::new()) {
             return Err(nul_in(&field));
         }
@@ -37,6 +57,18 @@ where
                 data_error(&path, &e.into_inner().to_string())
             })
     }
+}
+
+/// `application/json` or `application/*+json`, as axum's `Json` accepts.
+fn json_content_type(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<mime::Mime>().ok())
+        .is_some_and(|mime| {
+            mime.type_() == "application"
+                && (mime.subtype() == "json" || mime.suffix().is_some_and(|s| s == "json"))
+        })
 }
 
 /// 422 for a value holding U+0000.
