@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 use aggregates::admin::Permission;
 use aggregates::license::{DeviceDetails, DeviceStatus, LicenseCommand, LicenseError};
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Datelike, TimeZone, Utc};
@@ -310,25 +311,21 @@ pub fn days_remaining(expires_at: DateTime<Utc>, now: DateTime<Utc>) -> i64 {
 }
 
 /// The signed offline certificate of an approved device (ADR 0010, README "Signed offline
-/// licenses"), signed once per view entry; `None` for any other device.
-fn certificate(state: &AppState, entry: &Entry, now: DateTime<Utc>) -> Option<String> {
-    let row = &entry.row;
+/// licenses"), issued at `now`; `None` for any other device.
+fn certificate(state: &AppState, row: &VerifyRow, now: DateTime<Utc>) -> Option<String> {
     let device_id = row
         .device_id
         .filter(|_| row.device_status.as_deref() == Some("approved"))?;
-    let fingerprint = row.fingerprint.clone()?;
-    Some(entry.certificate(now, |issued_at| {
-        let certifier = &state.config.license_certifier;
-        let subject = super::certificate::CertificateSubject {
-            license_id: row.license_id,
-            device_id: read::device_id_text(device_id),
-            fingerprint,
-            package: row.package_type.clone(),
-            features: row.features.clone().unwrap_or_default(),
-            expires_at: row.expires_at,
-        };
-        certifier.sign(&certifier.claims(subject, issued_at))
-    }))
+    let certifier = &state.config.license_certifier;
+    let subject = super::certificate::CertificateSubject {
+        license_id: row.license_id,
+        device_id: read::device_id_text(device_id),
+        fingerprint: row.fingerprint.clone()?,
+        package: row.package_type.clone(),
+        features: row.features.clone().unwrap_or_default(),
+        expires_at: row.expires_at,
+    };
+    Some(certifier.sign(&certifier.claims(subject, now)))
 }
 
 fn verify_answer(
@@ -395,7 +392,7 @@ async fn verify(
     context: RequestContext,
     headers: HeaderMap,
     AppJson(body): AppJson<VerifyBody>,
-) -> AppResult<Json<Value>> {
+) -> AppResult<Response> {
     let (print, details) = verify_input(&headers, &body, context.ip)?;
     let limiter_key = crate::http::client_ip::rate_key(context.ip);
     let Found { key, mut entry } = lookup(&state, &headers, &print, limiter_key).await?;
@@ -406,14 +403,13 @@ async fn verify(
     match (row.device_id, row.device_status.as_deref()) {
         (_, Some("blocked")) => return Err(blocked()),
         (Some(device_id), Some("pending" | "approved")) => {
-            let known = DeviceDetails {
-                name: row.device_name.clone().unwrap_or_default(),
-                os_type: row.os_type.clone().unwrap_or_default(),
-                os_version: row.os_version.clone().unwrap_or_default(),
-                app_version: row.app_version.clone().unwrap_or_default(),
-                ip_address: row.ip_address.clone(),
-            };
-            if known != details {
+            let known = |field: &Option<String>, value: &str| field.as_deref() == Some(value);
+            let unchanged = known(&row.device_name, &details.name)
+                && known(&row.os_type, &details.os_type)
+                && known(&row.os_version, &details.os_version)
+                && known(&row.app_version, &details.app_version)
+                && row.ip_address == details.ip_address;
+            if !unchanged {
                 // Rare (an update, a new network): worth read-your-writes for the device list.
                 let outcome = state
                     .licenses
@@ -481,8 +477,32 @@ async fn verify(
             }
         }
     }
-    let certificate = certificate(&state, &entry, now);
-    Ok(ok(verify_answer(&key, &entry.row, certificate, now)))
+    // Everything in the answer but the days left and the reset date is fixed for the
+    // entry's life: the bytes (and the certificate in them) are made once, and again when
+    // either would change, at most a day later.
+    let body = entry.answer(now, || {
+        let certificate = certificate(&state, &entry.row, now);
+        let answer =
+            json!({"success": true, "data": verify_answer(&key, &entry.row, certificate, now)});
+        // Serialising a `Value` cannot fail.
+        let body = serde_json::to_vec(&answer).unwrap_or_default();
+        (body.into(), answer_changes(entry.row.expires_at, now))
+    });
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// The next time after `now` at which `daysRemaining` or `resetDate` changes.
+fn answer_changes(expires_at: DateTime<Utc>, now: DateTime<Utc>) -> DateTime<Utc> {
+    let days = days_remaining(expires_at, now);
+    let next_day = if days > 0 {
+        expires_at - chrono::Duration::days(days - 1)
+    } else {
+        DateTime::<Utc>::MAX_UTC
+    };
+    // `next_day` is after `now` unless the clock went backwards; never cache for the past.
+    next_day
+        .min(reset_date(now))
+        .max(now + chrono::Duration::seconds(1))
 }
 
 /// `POST /v1/licenses/devices/release`: the desktop gives its seat back (moving to a new
@@ -644,6 +664,25 @@ mod tests {
             reset_date(at(2026, 12, 31)),
             Utc.with_ymd_and_hms(2027, 1, 1, 0, 0, 0).unwrap()
         );
+    }
+
+    #[test]
+    fn a_cached_answer_holds_until_the_days_left_or_the_reset_date_change() {
+        let now = Utc.with_ymd_and_hms(2026, 3, 10, 12, 0, 0).unwrap();
+        // 2 days and 6 hours left: "3 days" until 6 hours from now.
+        let expires = now + chrono::Duration::hours(54);
+        assert_eq!(days_remaining(expires, now), 3);
+        let until = answer_changes(expires, now);
+        assert_eq!(until, now + chrono::Duration::hours(6));
+        assert_eq!(days_remaining(expires, until), 2);
+        // The day count moves at the latest a day later; the reset date at the month's end.
+        let until = answer_changes(now + chrono::Duration::days(400), now);
+        assert_eq!(until, now + chrono::Duration::days(1));
+        let late = Utc.with_ymd_and_hms(2026, 3, 31, 23, 0, 0).unwrap();
+        let until = answer_changes(late + chrono::Duration::days(400), late);
+        assert_eq!(until, Utc.with_ymd_and_hms(2026, 4, 1, 0, 0, 0).unwrap());
+        // Expired: never in the past.
+        assert!(answer_changes(now - chrono::Duration::days(1), now) > now);
     }
 
     #[test]

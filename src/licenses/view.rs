@@ -2,8 +2,8 @@
 //! hot path of every desktop start and every document costs no database round trip.
 //!
 //! An entry is one desktop of one license, keyed by the license key's keyed digest and the
-//! device's fingerprint: the `licenses` read model's [`VerifyRow`], the certificate signed
-//! for it, and when the device was last recorded as active. Every known device is loaded at
+//! device's fingerprint: the `licenses` read model's [`VerifyRow`], the answer last made
+//! for it (certificate included), and when the device was last recorded as active. Every known device is loaded at
 //! start ([`VerifyView::load`]); a miss (a new device, an entry dropped by a change) reads
 //! the read model and fills the entry.
 //!
@@ -50,8 +50,8 @@ pub struct Entry {
     loaded: Instant,
     /// When this device was last recorded as active (throttled telemetry).
     last_active: Mutex<Option<DateTime<Utc>>>,
-    /// The certificate signed for this entry and when: reused for the entry's life.
-    certificate: Mutex<Option<(DateTime<Utc>, String)>>,
+    /// The whole answer, serialised, and until when it holds (see [`Entry::answer`]).
+    answer: Mutex<Option<(DateTime<Utc>, axum::body::Bytes)>>,
 }
 
 impl Entry {
@@ -60,7 +60,7 @@ impl Entry {
             last_active: Mutex::new(row.last_active_at),
             row,
             loaded: Instant::now(),
-            certificate: Mutex::new(None),
+            answer: Mutex::new(None),
         }
     }
 
@@ -80,19 +80,21 @@ impl Entry {
         true
     }
 
-    /// The entry's certificate, signed by `sign` at the first call.
-    pub fn certificate(
+    /// The serialised answer at `now`: made by `render` at the first call and again once
+    /// the time it returned has come (the entry itself is replaced when anything else in the
+    /// answer changes).
+    pub fn answer(
         &self,
         now: DateTime<Utc>,
-        sign: impl FnOnce(DateTime<Utc>) -> String,
-    ) -> String {
-        let mut slot = lock(&self.certificate);
+        render: impl FnOnce() -> (axum::body::Bytes, DateTime<Utc>),
+    ) -> axum::body::Bytes {
+        let mut slot = lock(&self.answer);
         match &*slot {
-            Some((_, certificate)) => certificate.clone(),
-            None => {
-                let certificate = sign(now);
-                *slot = Some((now, certificate.clone()));
-                certificate
+            Some((until, body)) if now < *until => body.clone(),
+            _ => {
+                let (body, until) = render();
+                *slot = Some((until, body.clone()));
+                body
             }
         }
     }
@@ -381,11 +383,16 @@ mod tests {
     }
 
     #[test]
-    fn an_entry_signs_its_certificate_once() {
+    fn an_answer_is_made_once_until_its_time_comes() {
         let entry = Entry::new(row(Uuid::now_v7()));
         let now = Utc::now();
-        let first = entry.certificate(now, |at| format!("signed at {at}"));
-        let second = entry.certificate(now + chrono::Duration::seconds(5), |_| unreachable!());
-        assert_eq!(first, second);
+        let later = now + chrono::Duration::hours(1);
+        let first = entry.answer(now, || (format!("at {now}").into(), later));
+        let again = entry.answer(later - chrono::Duration::seconds(1), || unreachable!());
+        assert_eq!(first, again);
+        let next = entry.answer(later, || {
+            ("next".into(), later + chrono::Duration::hours(1))
+        });
+        assert_eq!(next, "next");
     }
 }
