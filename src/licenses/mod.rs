@@ -649,6 +649,12 @@ pub fn license_error(e: LicenseError) -> AppError {
             "DEVICE_LIMIT_REACHED",
             "Lisansın cihaz sınırına ulaşıldı; önce başka bir cihazı engelleyin veya bekletin.",
         ),
+        LicenseError::MaxDevicesBelowApproved { approved } => AppError::validation(
+            "maxDevices",
+            format!(
+                "Lisansta {approved} onaylı cihaz var; sınır bundan düşük olamaz. Önce cihaz engelleyin veya serbest bırakın."
+            ),
+        ),
         LicenseError::TooManyPendingDevices => AppError::new(
             StatusCode::CONFLICT,
             "TOO_MANY_PENDING_DEVICES",

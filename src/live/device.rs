@@ -14,7 +14,8 @@
 //! | code | reason |
 //! |---|---|
 //! | 4401 | `AUTH_TIMEOUT`, `AUTH_REQUIRED`, `LICENSE_NOT_FOUND` (unknown key or device, alike) |
-//! | 4429 | `RATE_LIMIT_EXCEEDED` (the network used up verify's budget of failed attempts) |
+//! | 4429 | `RATE_LIMIT_EXCEEDED` (the network used up verify's budget of failed attempts, and the desktop is not one its license knows) |
+//! | 4429 | `TOO_MANY_CONNECTIONS` (the device already has [`MAX_SOCKETS_PER_DEVICE`] sockets on this instance) |
 //! | 4403 | `LICENSE_REVOKED`, `DEVICE_BLOCKED` |
 //! | 4408 | `TOO_SLOW` |
 //! | 1001 | `SERVER_SHUTTING_DOWN` |
@@ -45,6 +46,9 @@ const TOO_MANY_ATTEMPTS: u16 = 4429;
 use crate::state::AppState;
 
 const MAX_CLIENT_MESSAGE: usize = 4 * 1024;
+/// Sockets one device may hold open on one instance: the app and a restart's overlap, with
+/// room to spare; more would only be a way to hold the server's memory.
+pub const MAX_SOCKETS_PER_DEVICE: usize = 4;
 /// Close code for a refused (known but not allowed) desktop.
 const FORBIDDEN: u16 = close::FORBIDDEN;
 
@@ -68,8 +72,15 @@ impl DeviceHub {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn connect(&self, device: Uuid) {
-        *self.lock().connected.entry(device).or_default() += 1;
+    /// Counts a socket of `device`; false (and not counted) when it has its maximum.
+    fn connect(&self, device: Uuid) -> bool {
+        let mut hub = self.lock();
+        let sockets = hub.connected.entry(device).or_default();
+        if *sockets >= MAX_SOCKETS_PER_DEVICE {
+            return false;
+        }
+        *sockets += 1;
+        true
     }
 
     fn disconnect(&self, device: Uuid) {
@@ -164,36 +175,44 @@ async fn session(
     else {
         return Some((close::UNAUTHORIZED, "AUTH_REQUIRED"));
     };
-    // The same per-network budget of failed attempts as verify: a socket is no way around
-    // it to test license keys.
+    // The same per-network budget of attempts as verify, counted before the lookup and
+    // taken back for a known desktop: a socket is no way around it to test license keys, and
+    // a limited network's known desktops still connect.
     let failures = &state.licenses.verify_failures;
-    if failures
-        .peek(&limiter_key, std::time::Instant::now())
-        .is_err()
-    {
-        return Some((TOO_MANY_ATTEMPTS, "RATE_LIMIT_EXCEEDED"));
-    }
+    let admitted = failures.check(&limiter_key, std::time::Instant::now());
     // Subscribe before reading the device, so nothing between the two is missed.
     let mut subscription = state.live.subscribe();
-    let (license_id, device_id, status, master) = match authenticate(state, &auth).await {
-        Ok(found) => found,
-        Err(end) => {
-            if end.0 == close::UNAUTHORIZED {
-                failures.record(&limiter_key, std::time::Instant::now());
+    let found = authenticate(state, &auth).await;
+    let (license_id, device_id, status, master) = match (found, admitted) {
+        (Ok(found), admitted) => {
+            if admitted.is_ok() {
+                failures.refund(&limiter_key, std::time::Instant::now());
+            }
+            found
+        }
+        // Known but refused (blocked, revoked): not a guess.
+        (Err(end), admitted) if end.0 != close::UNAUTHORIZED => {
+            if admitted.is_ok() {
+                failures.refund(&limiter_key, std::time::Instant::now());
             }
             return Some(end);
         }
+        (Err(_), Err(_)) => return Some((TOO_MANY_ATTEMPTS, "RATE_LIMIT_EXCEEDED")),
+        (Err(end), Ok(())) => return Some(end),
     };
+    let hub = &state.live.devices;
+    if !hub.connect(device_id) {
+        return Some((TOO_MANY_ATTEMPTS, "TOO_MANY_CONNECTIONS"));
+    }
     let ok = json!({
         "type": "AUTH_OK",
         "device": {"id": projections::licenses::device_id_text(device_id), "status": status, "isMaster": master},
     })
     .to_string();
     if send(socket, ok.into()).await.is_err() {
+        hub.disconnect(device_id);
         return None;
     }
-    let hub = &state.live.devices;
-    hub.connect(device_id);
     let end = follow(
         socket,
         state,

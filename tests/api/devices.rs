@@ -750,3 +750,76 @@ async fn a_block_is_not_undone_by_a_new_fingerprint(pool: PgPool) {
     assert!(body["data"]["certificate"].is_null());
     s.app.stop().await.unwrap();
 }
+
+#[testkit::test(migrations = false)]
+async fn a_device_holds_at_most_four_sockets(pool: PgPool) {
+    let s = setup(pool).await;
+    let (_, key) = license(&s, "pro", 5).await;
+    verify(&s, &key, &print(1), "PC-1").await;
+    let url = format!("{}/ws/device", s.app.base.replace("http://", "ws://"));
+    let auth = json!({"type": "auth", "licenseKey": key, "fingerprint": print(1)}).to_string();
+    let mut open = Vec::new();
+    for _ in 0..4 {
+        let (mut socket, _) = connect_async(&url).await.unwrap();
+        socket.send(Message::text(auth.clone())).await.unwrap();
+        next_of(&mut socket, "AUTH_OK").await;
+        open.push(socket);
+    }
+    let (mut fifth, _) = connect_async(&url).await.unwrap();
+    fifth.send(Message::text(auth.clone())).await.unwrap();
+    match tokio::time::timeout(Duration::from_secs(5), fifth.next()).await {
+        Ok(Some(Ok(Message::Close(Some(frame))))) => assert_eq!(
+            (u16::from(frame.code), frame.reason.as_str()),
+            (4429, "TOO_MANY_CONNECTIONS")
+        ),
+        other => panic!("expected a close, got {other:?}"),
+    }
+    // One closes: its place is free again.
+    let mut first = open.remove(0);
+    first.close(None).await.unwrap();
+    while let Some(Ok(_)) = first.next().await {}
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (mut again, _) = connect_async(&url).await.unwrap();
+        again.send(Message::text(auth.clone())).await.unwrap();
+        match tokio::time::timeout(Duration::from_secs(5), again.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) if text.contains("AUTH_OK") => break,
+            _ => assert!(
+                tokio::time::Instant::now() < deadline,
+                "the freed place was never given again"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    s.app.stop().await.unwrap();
+}
+
+#[testkit::test(migrations = false)]
+async fn the_device_limit_cannot_go_below_the_approved_devices(pool: PgPool) {
+    let s = setup(pool).await;
+    let (id, key) = license(&s, "pro", 3).await;
+    verify(&s, &key, &print(1), "PC-1").await;
+    let (_, second) = verify(&s, &key, &print(2), "PC-2").await;
+    let second = second["data"]["device"]["id"].as_str().unwrap().to_string();
+    let (status, _) = patch(&s, &id, &second, json!({"status": "approved"})).await;
+    assert_eq!(status, StatusCode::OK);
+    let limit = |max: u32| {
+        send(
+            admin(
+                &s.app,
+                Method::PATCH,
+                &format!("/v1/admin/licenses/{id}"),
+                &s.token,
+            )
+            .json(&json!({"maxDevices": max})),
+        )
+    };
+    let (status, body) = limit(1).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["field"], "maxDevices", "{body}");
+    assert_eq!(devices(&s, &id).await["maxDevices"], 3);
+    let (status, body) = limit(2).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(devices(&s, &id).await["maxDevices"], 2);
+    s.app.stop().await.unwrap();
+}

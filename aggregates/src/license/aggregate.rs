@@ -298,6 +298,10 @@ impl License {
                 now,
             } => {
                 check_limits(max_devices, monthly_token_limit)?;
+                let approved = self.approved_devices();
+                if max_devices.is_some_and(|max| (max as usize) < approved) {
+                    return Err(LicenseError::MaxDevicesBelowApproved { approved });
+                }
                 if owner.is_none()
                     && max_devices.is_none()
                     && monthly_token_limit.is_none()
@@ -719,6 +723,34 @@ mod tests {
                 now: at(2026, 6, 2),
             })
             .then_expect_error(LicenseError::DeviceLimitReached);
+    }
+
+    #[test]
+    fn the_device_limit_cannot_drop_below_the_approved_devices() {
+        let given = vec![
+            created(at(2027, 1, 1)),
+            registered(1, DeviceStatus::Approved, true),
+            registered(2, DeviceStatus::Pending, false),
+            LicenseEvent::DeviceStatusChanged {
+                device_id: Uuid::from_u128(2),
+                status: DeviceStatus::Approved,
+                at: at(2026, 6, 1),
+            },
+        ];
+        let limit = |max| LicenseCommand::Update {
+            owner: None,
+            max_devices: Some(max),
+            monthly_token_limit: None,
+            gemini: None,
+            telegram: None,
+            now: at(2026, 6, 2),
+        };
+        Given::with(())
+            .given(given.clone())
+            .when(limit(1))
+            .then_expect_error(LicenseError::MaxDevicesBelowApproved { approved: 2 });
+        let events = Given::with(()).given(given).when(limit(2)).inspect_result();
+        assert!(events.is_ok());
     }
 
     #[test]

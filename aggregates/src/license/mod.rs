@@ -361,6 +361,10 @@ pub enum LicenseError {
     DeviceBlocked,
     #[error("every seat of the license is taken")]
     DeviceLimitReached,
+    /// A device limit below the devices already approved: they would hold seats the
+    /// license no longer has. The admin blocks (or the desktops release) some first.
+    #[error("{approved} devices are approved, more than the new limit")]
+    MaxDevicesBelowApproved { approved: usize },
     #[error("too many devices wait for approval")]
     TooManyPendingDevices,
     #[error("only an approved device can be master")]
