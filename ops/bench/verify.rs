@@ -512,7 +512,7 @@ pub(crate) async fn verify_bench(ctx: &Arc<Ctx>, gateway: &Gateway) -> Result<Ve
     );
     println!(
         "  {requests} requests in all; events appended while verifying: {appended} (known \
-         devices with unchanged details append nothing; lastActiveAt is a throttled UPDATE)."
+         devices with unchanged details append nothing; lastActiveAt is telemetry written in batches)."
     );
     println!(
         "{:<10} {:>8} {:>6} {:>6} {:>6} {:>6} {:>4} {:>6}  IQR",
