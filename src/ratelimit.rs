@@ -21,6 +21,12 @@ use std::time::{Duration, Instant};
 /// seen within one window.
 const SWEEP_FLOOR: usize = 1024;
 
+/// A hit counted by [`KeyedLimiter::attempt`], which [`KeyedLimiter::refund`] can take back.
+#[derive(Clone, Copy, Debug)]
+pub struct Attempt {
+    window_started: Instant,
+}
+
 pub struct KeyedLimiter<K> {
     limit: u32,
     window: Duration,
@@ -58,14 +64,7 @@ impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
     /// Counts one hit for `key` if it is allowed; otherwise `Err(retry_after_secs)` (at
     /// least 1) and the refused hit is not counted.
     pub fn check(&self, key: &K, now: Instant) -> Result<(), u64> {
-        let mut state = self.lock();
-        state.sweep(now, self.window);
-        let window = self.current(&mut state, key, now);
-        if window.count >= self.limit {
-            return Err(self.retry_after(window, now));
-        }
-        window.count += 1;
-        Ok(())
+        self.attempt(key, now).map(|_| ())
     }
 
     /// Whether a hit for `key` would be allowed now, without counting it.
@@ -88,12 +87,27 @@ impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
         window.count = window.count.saturating_add(1);
     }
 
-    /// Takes back one hit counted by [`KeyedLimiter::check`] in the current window (an
-    /// attempt that turned out not to be what the limit counts).
-    pub fn refund(&self, key: &K, now: Instant) {
+    /// [`KeyedLimiter::check`] for an attempt that may turn out not to be what the limit
+    /// counts: the returned [`Attempt`] can be [`KeyedLimiter::refund`]ed.
+    pub fn attempt(&self, key: &K, now: Instant) -> Result<Attempt, u64> {
+        let mut state = self.lock();
+        state.sweep(now, self.window);
+        let window = self.current(&mut state, key, now);
+        if window.count >= self.limit {
+            return Err(self.retry_after(window, now));
+        }
+        window.count += 1;
+        Ok(Attempt {
+            window_started: window.started,
+        })
+    }
+
+    /// Takes back an [`Attempt`]'s hit, if its window is still the current one (a refund
+    /// must not lend the next window a place).
+    pub fn refund(&self, key: &K, attempt: Attempt) {
         let mut state = self.lock();
         if let Some(window) = state.windows.get_mut(key)
-            && now < window.started + self.window
+            && window.started == attempt.window_started
         {
             window.count = window.count.saturating_sub(1);
         }
@@ -166,13 +180,14 @@ mod tests {
     fn a_refunded_hit_frees_its_place_in_the_current_window_only() {
         let limiter = KeyedLimiter::new(1, MINUTE);
         let t0 = Instant::now();
-        assert_eq!(limiter.check(&"a", t0), Ok(()));
-        limiter.refund(&"a", t0);
-        assert_eq!(limiter.check(&"a", t0), Ok(()));
-        // A refund after the window ended does not lend the next window a place.
-        limiter.refund(&"a", t0 + MINUTE);
-        assert_eq!(limiter.check(&"a", t0 + MINUTE), Ok(()));
-        assert!(limiter.check(&"a", t0 + MINUTE).is_err());
+        let first = limiter.attempt(&"a", t0).unwrap();
+        limiter.refund(&"a", first);
+        let second = limiter.attempt(&"a", t0).unwrap();
+        assert!(limiter.attempt(&"a", t0).is_err());
+        // The window ends; a refund of the old window's attempt lends the new one nothing.
+        assert!(limiter.attempt(&"a", t0 + MINUTE).is_ok());
+        limiter.refund(&"a", second);
+        assert!(limiter.attempt(&"a", t0 + MINUTE).is_err());
     }
 
     #[test]

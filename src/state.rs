@@ -132,7 +132,7 @@ impl AppState {
     }
 
     /// [`AppState::wait_for`] the `licenses` read model to include `cursor`, an event of
-    /// license `license_id` written by this instance, then drops the license from the verify
+    /// license `license_id` written by this instance, then reloads the license in the verify
     /// view: the next verify here reads the change.
     pub async fn license_written(
         &self,
@@ -140,7 +140,7 @@ impl AppState {
         cursor: Cursor,
     ) -> Result<(), AppError> {
         self.wait_for(projections::licenses::NAME, cursor).await?;
-        self.licenses.view.drop_license(license_id);
+        self.licenses.view.reload(&self.pool, license_id).await;
         Ok(())
     }
 

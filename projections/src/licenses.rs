@@ -853,21 +853,30 @@ pub async fn all_for_verify(
     .await
 }
 
+/// A device seen by verify: when, and from which address.
+#[derive(Clone, Debug)]
+pub struct DeviceSeen {
+    pub license_id: Uuid,
+    pub device_id: Uuid,
+    pub at: DateTime<Utc>,
+    pub ip_address: Option<String>,
+}
+
 /// Device activity seen by verify, written in one statement: each device's and each
-/// license's `last_active_at` moves to the latest time given for it (never back).
-pub async fn touch_devices(
-    pool: &PgPool,
-    seen: &[(Uuid, Uuid, DateTime<Utc>)],
-) -> Result<(), sqlx::Error> {
-    let licenses: Vec<Uuid> = seen.iter().map(|s| s.0).collect();
-    let devices: Vec<Uuid> = seen.iter().map(|s| s.1).collect();
-    let times: Vec<DateTime<Utc>> = seen.iter().map(|s| s.2).collect();
+/// license's `last_active_at` moves to the latest time given for it (never back), and a
+/// device's `ip_address` to the one of that sighting.
+pub async fn touch_devices(pool: &PgPool, seen: &[DeviceSeen]) -> Result<(), sqlx::Error> {
+    let licenses: Vec<Uuid> = seen.iter().map(|s| s.license_id).collect();
+    let devices: Vec<Uuid> = seen.iter().map(|s| s.device_id).collect();
+    let times: Vec<DateTime<Utc>> = seen.iter().map(|s| s.at).collect();
+    let ips: Vec<Option<String>> = seen.iter().map(|s| s.ip_address.clone()).collect();
     sqlx::query(
         "WITH seen AS (
-              SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[])
-                AS s(license_id, device_id, at)),
-         d AS (UPDATE devices SET last_active_at = s.at
-                 FROM (SELECT device_id, max(at) AS at FROM seen GROUP BY device_id) s
+              SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[], $4::text[])
+                AS s(license_id, device_id, at, ip)),
+         d AS (UPDATE devices SET last_active_at = s.at, ip_address = coalesce(s.ip, devices.ip_address)
+                 FROM (SELECT DISTINCT ON (device_id) device_id, at, ip FROM seen
+                        ORDER BY device_id, at DESC) s
                 WHERE devices.id = s.device_id
                   AND (devices.last_active_at IS NULL OR devices.last_active_at < s.at))
          UPDATE licenses SET last_active_at = s.at
@@ -878,6 +887,7 @@ pub async fn touch_devices(
     .bind(licenses)
     .bind(devices)
     .bind(times)
+    .bind(ips)
     .execute(pool)
     .await?;
     Ok(())

@@ -36,9 +36,11 @@ where
             }
         })?;
         // The common case straight into `T`. A body that could hold U+0000 (only as the
-        // escape) or that fails in any way takes the careful path below, so every refusal is
-        // decided as there: syntax before U+0000 before fit.
-        if !bytes.windows(6).any(|w| w == br"\u0000") {
+        // escape), is not UTF-8, or fails in any way takes the careful path below, so every
+        // refusal is decided as there: syntax before U+0000 before fit. (Values of fields `T`
+        // does not read are skipped here, not checked: a lone surrogate escape or a number
+        // out of range in an ignored field passes; nothing ignored reaches an event.)
+        if std::str::from_utf8(&bytes).is_ok() && !bytes.windows(6).any(|w| w == br"\u0000") {
             let mut deserializer = serde_json::Deserializer::from_slice(&bytes);
             if let Ok(value) = serde_path_to_error::deserialize(&mut deserializer)
                 && deserializer.end().is_ok()

@@ -1,5 +1,5 @@
-//! When each desktop was last seen (`lastActiveAt` of devices and licenses): telemetry that
-//! verify records in memory and a background writer puts into the read model in one
+//! When each desktop was last seen and from where (`lastActiveAt` of devices and licenses,
+//! a device's `ipAddress`): telemetry that verify records in memory and a background writer puts into the read model in one
 //! statement every [`FLUSH_INTERVAL`], so a verify never waits for a write.
 //!
 //! Throttled twice: a device is recorded at most once a minute per instance (the verify
@@ -21,23 +21,45 @@ const FLUSH_AT: usize = 2_000;
 /// Beyond this many devices waiting (the database is down), newer sightings are dropped.
 const MAX_WAITING: usize = 500_000;
 
+/// A device's latest sighting.
+#[derive(Clone)]
+struct Seen {
+    license_id: Uuid,
+    at: DateTime<Utc>,
+    ip: Option<String>,
+}
+
+impl Seen {
+    /// Keeps the later of the two sightings.
+    fn merge(&mut self, other: Seen) {
+        if other.at > self.at {
+            *self = other;
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct Activity {
-    /// device → (license, last seen).
-    waiting: Mutex<HashMap<Uuid, (Uuid, DateTime<Utc>)>>,
+    /// device → (license, last seen, from where).
+    waiting: Mutex<HashMap<Uuid, Seen>>,
     wakeup: tokio::sync::Notify,
     stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl Activity {
-    /// Device `device_id` of `license_id` was seen at `at`.
-    pub fn record(&self, license_id: Uuid, device_id: Uuid, at: DateTime<Utc>) {
+    /// Device `device_id` of `license_id` was seen at `at`, from `ip`.
+    pub fn record(&self, license_id: Uuid, device_id: Uuid, at: DateTime<Utc>, ip: Option<String>) {
         let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
         if waiting.len() >= MAX_WAITING && !waiting.contains_key(&device_id) {
             return;
         }
-        let slot = waiting.entry(device_id).or_insert((license_id, at));
-        slot.1 = slot.1.max(at);
+        let seen = Seen { license_id, at, ip };
+        match waiting.get_mut(&device_id) {
+            Some(slot) => slot.merge(seen),
+            None => {
+                waiting.insert(device_id, seen);
+            }
+        }
         if waiting.len() == FLUSH_AT {
             self.wakeup.notify_one();
         }
@@ -49,16 +71,25 @@ impl Activity {
         if taken.is_empty() {
             return;
         }
-        let seen: Vec<(Uuid, Uuid, DateTime<Utc>)> = taken
+        let seen: Vec<projections::licenses::DeviceSeen> = taken
             .iter()
-            .map(|(device, (license, at))| (*license, *device, *at))
+            .map(|(device, seen)| projections::licenses::DeviceSeen {
+                license_id: seen.license_id,
+                device_id: *device,
+                at: seen.at,
+                ip_address: seen.ip.clone(),
+            })
             .collect();
         if let Err(e) = projections::licenses::touch_devices(pool, &seen).await {
             tracing::warn!(error = %e, devices = seen.len(), "writing device activity failed; will retry");
             let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
-            for (device, (license, at)) in taken {
-                let slot = waiting.entry(device).or_insert((license, at));
-                slot.1 = slot.1.max(at);
+            for (device, seen) in taken {
+                match waiting.get_mut(&device) {
+                    Some(slot) => slot.merge(seen),
+                    None => {
+                        waiting.insert(device, seen);
+                    }
+                }
             }
         }
     }

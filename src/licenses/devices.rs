@@ -230,30 +230,36 @@ fn known_device(row: &VerifyRow) -> bool {
 }
 
 /// The license and device behind the request's key (from the verify view, else the read
-/// model), or `LICENSE_NOT_FOUND`.
+/// model), or `LICENSE_NOT_FOUND`. With `known_only`, a device the license does not know
+/// (or released) is not found either.
 ///
 /// Every lookup counts against the client's network before it is made, so a burst cannot
 /// try more than [`VERIFY_FAILURES_PER_MINUTE`] keys, and is taken back when the key is
 /// valid. A network over its limit is answered only for a device its license already knows
 /// (the key and that device's 64-hex fingerprint, as hard to guess as a key); anything else
 /// from it gets 429 whether or not the key exists, so the limit tells a guesser nothing.
+/// While the view holds every known device, a limited network's lookups never reach the
+/// database: a flood of guesses costs memory lookups only.
 async fn lookup(
     state: &AppState,
     headers: &HeaderMap,
     fingerprint: &str,
     limiter_key: IpAddr,
+    known_only: bool,
 ) -> AppResult<Found> {
     let limiter = &state.licenses.verify_failures;
-    let admitted = limiter.check(&limiter_key, Instant::now());
+    let attempt = limiter.attempt(&limiter_key, Instant::now());
     let key = header(headers, "x-license-key")
         .filter(|k| keys::looks_like_key(k))
         .map(keys::normalise_key);
+    let view = &state.licenses.view;
     let found = match key {
         Some(key) => {
-            let view = &state.licenses.view;
             let digest = state.licenses.key_digest(&key);
             let entry = match view.get(&digest, fingerprint) {
                 Some(entry) => Some(entry),
+                // Limited, and the view knows every device: nothing to look up.
+                None if attempt.is_err() && view.is_following() => None,
                 None => {
                     let ticket = view.ticket();
                     read::for_verify(&state.pool, &digest, fingerprint)
@@ -267,18 +273,20 @@ async fn lookup(
                         })
                 }
             };
-            entry.map(|entry| Found { key, entry })
+            entry
+                .filter(|e| !known_only || known_device(&e.row))
+                .map(|entry| Found { key, entry })
         }
         None => None,
     };
-    match (found, admitted) {
-        (Some(found), Ok(())) => {
-            limiter.refund(&limiter_key, Instant::now());
+    match (found, attempt) {
+        (Some(found), Ok(attempt)) => {
+            limiter.refund(&limiter_key, attempt);
             Ok(found)
         }
         (Some(found), Err(_)) if known_device(&found.entry.row) => Ok(found),
         (_, Err(retry_after)) => Err(AppError::rate_limited(retry_after)),
-        (None, Ok(())) => Err(not_found()),
+        (None, Ok(_)) => Err(not_found()),
     }
 }
 
@@ -395,7 +403,7 @@ async fn verify(
 ) -> AppResult<Response> {
     let (print, details) = verify_input(&headers, &body, context.ip)?;
     let limiter_key = crate::http::client_ip::rate_key(context.ip);
-    let Found { key, mut entry } = lookup(&state, &headers, &print, limiter_key).await?;
+    let Found { key, mut entry } = lookup(&state, &headers, &print, limiter_key, false).await?;
     let now = Utc::now();
     check_license(&entry.row, now)?;
     let metadata = desktop_metadata(&context, &print);
@@ -403,12 +411,15 @@ async fn verify(
     match (row.device_id, row.device_status.as_deref()) {
         (_, Some("blocked")) => return Err(blocked()),
         (Some(device_id), Some("pending" | "approved")) => {
+            // The IP is telemetry, recorded with the activity below: a desktop moving between
+            // networks (or a key holder alternating addresses) must not write an event per
+            // verify. It goes into the next event with the other details.
             let known = |field: &Option<String>, value: &str| field.as_deref() == Some(value);
             let unchanged = known(&row.device_name, &details.name)
                 && known(&row.os_type, &details.os_type)
                 && known(&row.os_version, &details.os_version)
-                && known(&row.app_version, &details.app_version)
-                && row.ip_address == details.ip_address;
+                && known(&row.app_version, &details.app_version);
+            let ip = details.ip_address.clone();
             if !unchanged {
                 // Rare (an update, a new network): worth read-your-writes for the device list.
                 let outcome = state
@@ -432,7 +443,7 @@ async fn verify(
                 state
                     .licenses
                     .activity
-                    .record(row.license_id, device_id, now);
+                    .record(row.license_id, device_id, now, ip);
             }
         }
         // Unknown here, or released: registers (first device approved and master).
@@ -522,12 +533,11 @@ async fn release(
         }
     };
     let limiter_key = crate::http::client_ip::rate_key(context.ip);
-    let Found { entry, .. } = lookup(&state, &headers, &print, limiter_key).await?;
+    // A device the license does not know answers like an unknown key: release must not
+    // confirm a key without the device's fingerprint.
+    let Found { entry, .. } = lookup(&state, &headers, &print, limiter_key, true).await?;
     let row = &entry.row;
-    let device_id = row
-        .device_id
-        .filter(|_| known_device(row))
-        .ok_or_else(device_not_found)?;
+    let device_id = row.device_id.ok_or_else(not_found)?;
     // A blocked device stays blocked: releasing would let it queue again as new.
     if row.device_status.as_deref() == Some("blocked") {
         return Err(blocked());

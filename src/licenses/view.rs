@@ -155,6 +155,11 @@ impl VerifyView {
         self.following.store(following, Ordering::SeqCst);
     }
 
+    /// Whether the view holds every known device right now (see [`VerifyView::set_following`]).
+    pub fn is_following(&self) -> bool {
+        self.following.load(Ordering::SeqCst)
+    }
+
     /// The live entry of this key and fingerprint, if any.
     pub fn get(&self, key_digest: &str, fingerprint: &str) -> Option<Arc<Entry>> {
         if !self.following.load(Ordering::SeqCst) {
@@ -213,6 +218,25 @@ impl VerifyView {
         inner.dropped.insert(license_id, drop);
         for key in inner.by_license.remove(&license_id).unwrap_or_default() {
             inner.entries.remove(&key);
+        }
+    }
+
+    /// Drops the entries of `license_id` and loads them again from the read model: the view
+    /// keeps holding every known device (a limited network's verify relies on it). Call
+    /// after the read model has the change. If the load fails the entries stay dropped and
+    /// the next verify of each device reads the read model.
+    pub async fn reload(&self, pool: &sqlx::PgPool, license_id: Uuid) {
+        self.drop_license(license_id);
+        if let Err(e) = self.load(pool, Some(&[license_id])).await {
+            tracing::warn!(error = %e, license.id = %license_id, "reloading a license into the verify view failed");
+        }
+    }
+
+    /// [`VerifyView::reload`] for every license (a plan's features changed).
+    pub async fn reload_all(&self, pool: &sqlx::PgPool) {
+        self.drop_all();
+        if let Err(e) = self.load(pool, None).await {
+            tracing::warn!(error = %e, "reloading the verify view failed");
         }
     }
 

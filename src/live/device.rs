@@ -177,29 +177,37 @@ async fn session(
     };
     // The same per-network budget of attempts as verify, counted before the lookup and
     // taken back for a known desktop: a socket is no way around it to test license keys, and
-    // a limited network's known desktops still connect.
+    // a limited network's known desktops still connect. Only a known device learns the
+    // state of its license (revoked, blocked).
     let failures = &state.licenses.verify_failures;
-    let admitted = failures.check(&limiter_key, std::time::Instant::now());
+    let attempt = failures.attempt(&limiter_key, std::time::Instant::now());
     // Subscribe before reading the device, so nothing between the two is missed.
     let mut subscription = state.live.subscribe();
-    let found = authenticate(state, &auth).await;
-    let (license_id, device_id, status, master) = match (found, admitted) {
-        (Ok(found), admitted) => {
-            if admitted.is_ok() {
-                failures.refund(&limiter_key, std::time::Instant::now());
-            }
-            found
-        }
-        // Known but refused (blocked, revoked): not a guess.
-        (Err(end), admitted) if end.0 != close::UNAUTHORIZED => {
-            if admitted.is_ok() {
-                failures.refund(&limiter_key, std::time::Instant::now());
-            }
-            return Some(end);
-        }
-        (Err(_), Err(_)) => return Some((TOO_MANY_ATTEMPTS, "RATE_LIMIT_EXCEEDED")),
-        (Err(end), Ok(())) => return Some(end),
+    let known = match authenticate(state, &auth, attempt.is_err()).await {
+        Ok(known) => known,
+        Err(internal) => return Some(internal),
     };
+    let Some(known) = known else {
+        return Some(match attempt {
+            Ok(_) => (close::UNAUTHORIZED, "LICENSE_NOT_FOUND"),
+            Err(_) => (TOO_MANY_ATTEMPTS, "RATE_LIMIT_EXCEEDED"),
+        });
+    };
+    if let Ok(attempt) = attempt {
+        failures.refund(&limiter_key, attempt);
+    }
+    if known.revoked {
+        return Some((FORBIDDEN, "LICENSE_REVOKED"));
+    }
+    if known.status == "blocked" {
+        return Some((FORBIDDEN, "DEVICE_BLOCKED"));
+    }
+    let (license_id, device_id, status, master) = (
+        known.license_id,
+        known.device_id,
+        known.status,
+        known.master,
+    );
     let hub = &state.live.devices;
     if !hub.connect(device_id) {
         return Some((TOO_MANY_ATTEMPTS, "TOO_MANY_CONNECTIONS"));
@@ -266,39 +274,53 @@ async fn follow(
     }
 }
 
-/// (license, device, status, master) of an allowed desktop.
+/// A device its license knows (not released), as the socket's auth found it.
+struct KnownDevice {
+    license_id: Uuid,
+    device_id: Uuid,
+    status: String,
+    master: bool,
+    revoked: bool,
+}
+
+/// The device behind an auth message, `None` for an unknown key or a device its license does
+/// not know (alike: the socket must not tell which keys exist). From the verify view; from
+/// the read model on a miss, unless `limited` and the view holds every device (a limited
+/// network's guesses cost no query).
 async fn authenticate(
     state: &AppState,
     auth: &AuthMessage,
-) -> Result<(Uuid, Uuid, String, bool), (u16, &'static str)> {
-    let unauthorized = (close::UNAUTHORIZED, "LICENSE_NOT_FOUND");
+    limited: bool,
+) -> Result<Option<KnownDevice>, (u16, &'static str)> {
     let key = auth.license_key.trim();
     if !crate::licenses::keys::looks_like_key(key) {
-        return Err(unauthorized);
+        return Ok(None);
     }
     let Ok(print) = crate::licenses::devices::fingerprint("fingerprint", &auth.fingerprint) else {
-        return Err(unauthorized);
+        return Ok(None);
     };
     let digest = state.licenses.key_digest(key);
-    let row = projections::licenses::for_verify(&state.pool, &digest, &print)
-        .await
-        .map_err(|_| (close::INTERNAL_ERROR, "INTERNAL_ERROR"))?
-        .ok_or(unauthorized)?;
-    if row.state() == aggregates::license::LicenseState::Revoked {
-        return Err((FORBIDDEN, "LICENSE_REVOKED"));
-    }
-    match (row.device_id, row.device_status.as_deref()) {
-        (_, Some("blocked")) => Err((FORBIDDEN, "DEVICE_BLOCKED")),
-        (Some(id), Some(status @ ("pending" | "approved"))) => Ok((
-            row.license_id,
-            id,
-            status.to_string(),
-            row.is_master.unwrap_or(false),
-        )),
-        // An unknown device of a real key answers like an unknown key: the socket must not
-        // tell which keys exist.
-        _ => Err(unauthorized),
-    }
+    let view = &state.licenses.view;
+    let row = match view.get(&digest, &print) {
+        Some(entry) => Some(entry.row.clone()),
+        None if limited && view.is_following() => None,
+        None => projections::licenses::for_verify(&state.pool, &digest, &print)
+            .await
+            .map_err(|_| (close::INTERNAL_ERROR, "INTERNAL_ERROR"))?,
+    };
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    Ok(match (row.device_id, row.device_status.as_deref()) {
+        (Some(id), Some(status @ ("pending" | "approved" | "blocked"))) => Some(KnownDevice {
+            license_id: row.license_id,
+            device_id: id,
+            status: status.to_string(),
+            master: row.is_master.unwrap_or(false),
+            revoked: row.state() == aggregates::license::LicenseState::Revoked,
+        }),
+        _ => None,
+    })
 }
 
 async fn first_text(socket: &mut WebSocket) -> Option<String> {

@@ -171,6 +171,8 @@ async fn run(state: AppState, from: Cursor) {
     let every = state.config.ws_progress_interval;
     let mut check = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Whichever way the feed ends (a panic included), verify stops trusting the view.
+    let _view_guard = NotFollowingOnDrop(&state.licenses.view);
     // The verify view starts where the feed starts, so every later change reaches it.
     let view_started = start_view(&state, from).await;
     if view_started {
@@ -185,11 +187,15 @@ async fn run(state: AppState, from: Cursor) {
                     if let Some(head) = moved(&state, subscription.cursor()).await {
                         subscription = state.store.subscribe(head, PAGE_SIZE);
                     }
+                    resume_view_if_current(&state, subscription.cursor()).await;
                     continue;
                 }
                 Wake::Batch(Ok(events)) => events,
                 Wake::Batch(Err(e)) => {
                     // The subscription keeps its cursor: the retry reads the same page again.
+                    // Until it does, changes may be passing this instance by: verify reads
+                    // the read model meanwhile.
+                    state.licenses.view.set_following(false);
                     tracing::warn!(error = %e, "live feed cannot read the log; retrying");
                     if until_stopped(feed, tokio::time::sleep(RETRY_DELAY))
                         .await
@@ -214,6 +220,7 @@ async fn run(state: AppState, from: Cursor) {
                     Some(head) => subscription = state.store.subscribe(head, PAGE_SIZE),
                     None => {
                         // Could not tell (database error): read this batch again later.
+                        state.licenses.view.set_following(false);
                         subscription = state.store.subscribe(position, PAGE_SIZE);
                         if until_stopped(feed, tokio::time::sleep(RETRY_DELAY))
                             .await
@@ -231,9 +238,31 @@ async fn run(state: AppState, from: Cursor) {
             feed.publish(items, through);
         }
     }
-    state.licenses.view.set_following(false);
     feed.subscriptions.fetch_sub(1, Ordering::Relaxed);
     tracing::info!("live feed stopped");
+}
+
+/// Clears the verify view's "following" flag when dropped.
+struct NotFollowingOnDrop<'a>(&'a crate::licenses::view::VerifyView);
+
+impl Drop for NotFollowingOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.set_following(false);
+    }
+}
+
+/// After a failure, the view is trusted again once the feed has followed the log up to its
+/// head (a quiet log brings no batch whose success would say so).
+async fn resume_view_if_current(state: &AppState, position: Cursor) {
+    let view = &state.licenses.view;
+    if view.is_following() {
+        return;
+    }
+    if let Ok(head) = state.store.head().await
+        && head <= position
+    {
+        view.set_following(true);
+    }
 }
 
 /// Loads the verify view at the feed's starting point, retrying until it works; false when
@@ -284,7 +313,7 @@ async fn moved(state: &AppState, position: Cursor) -> Option<Cursor> {
     metrics::counter!("live_feed_restarts_total").increment(1);
     state.live.restart(head);
     // What the feed passed before the move may be gone or renumbered: read it all again.
-    state.licenses.view.drop_all();
+    state.licenses.view.reload_all(&state.pool).await;
     Some(head)
 }
 

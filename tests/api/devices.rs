@@ -823,3 +823,127 @@ async fn the_device_limit_cannot_go_below_the_approved_devices(pool: PgPool) {
     assert_eq!(devices(&s, &id).await["maxDevices"], 2);
     s.app.stop().await.unwrap();
 }
+
+#[testkit::test(migrations = false)]
+async fn a_desktop_moving_between_networks_writes_no_event(pool: PgPool) {
+    let s = setup(pool.clone()).await;
+    let (id, key) = license(&s, "pro", 5).await;
+    let from = |ip: &'static str| {
+        send(
+            s.app
+                .client
+                .post(s.app.url("/v1/licenses/verify"))
+                .header("X-License-Key", key.clone())
+                .header("X-Forwarded-For", ip)
+                .json(&device_body(&print(1), "PC-1")),
+        )
+    };
+    let (status, _) = from("198.51.100.1").await;
+    assert_eq!(status, StatusCode::OK);
+    let events = || {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM events WHERE event_type LIKE 'Device%'")
+            .fetch_one(&pool)
+    };
+    let before = events().await.unwrap();
+    for n in 0..20 {
+        let ip = if n % 2 == 0 {
+            "198.51.100.2"
+        } else {
+            "203.0.113.9"
+        };
+        let (status, _) = from(ip).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    assert_eq!(events().await.unwrap(), before);
+    // A changed name is still an event, carrying the address of that moment.
+    let (status, _) = send(
+        s.app
+            .client
+            .post(s.app.url("/v1/licenses/verify"))
+            .header("X-License-Key", key.clone())
+            .header("X-Forwarded-For", "203.0.113.9")
+            .json(&device_body(&print(1), "PC-1-NEW")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(events().await.unwrap(), before + 1);
+    let list = devices(&s, &id).await;
+    assert_eq!(list["devices"][0]["ipAddress"], "203.0.113.9");
+    s.app.stop().await.unwrap();
+}
+
+#[testkit::test(migrations = false)]
+async fn release_does_not_confirm_a_key_without_its_device(pool: PgPool) {
+    let s = setup(pool).await;
+    let (_, key) = license(&s, "pro", 5).await;
+    verify(&s, &key, &print(1), "PC-1").await;
+    let release = |key: String, fingerprint: String| {
+        send(
+            s.app
+                .client
+                .post(s.app.url("/v1/licenses/devices/release"))
+                .header("X-License-Key", key)
+                .header("X-Device-Fingerprint", fingerprint),
+        )
+    };
+    let (real, real_body) = release(key.clone(), print(9)).await;
+    let (fake, fake_body) = release("DOMIZAN-PRO5-ZZZZ-ZZZZ".into(), print(9)).await;
+    assert_eq!(
+        (real, fake),
+        (StatusCode::UNAUTHORIZED, StatusCode::UNAUTHORIZED)
+    );
+    assert_eq!(real_body["error"], fake_body["error"]);
+    s.app.stop().await.unwrap();
+}
+
+#[testkit::test(migrations = false)]
+async fn a_limited_network_learns_nothing_of_a_license_on_ws_device(pool: PgPool) {
+    let s = setup(pool).await;
+    let (id, key) = license(&s, "pro", 5).await;
+    verify(&s, &key, &print(1), "PC-1").await;
+    lifecycle(&s, &id, "revoke").await;
+    // From loopback (the client network of this test) 20 guesses use up the budget.
+    for n in 0..20 {
+        let (status, _) = send(
+            s.app
+                .client
+                .post(s.app.url("/v1/licenses/verify"))
+                .header("X-License-Key", format!("DOMIZAN-GUES-S{n:03}-XXXX"))
+                .json(&device_body(&print(1), "PC")),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    let url = format!("{}/ws/device", s.app.base.replace("http://", "ws://"));
+    let close_of = |fingerprint: String| {
+        let url = url.clone();
+        let key = key.clone();
+        async move {
+            let (mut socket, _) = connect_async(&url).await.unwrap();
+            socket
+                .send(Message::text(
+                    json!({"type": "auth", "licenseKey": key, "fingerprint": fingerprint})
+                        .to_string(),
+                ))
+                .await
+                .unwrap();
+            match tokio::time::timeout(Duration::from_secs(5), socket.next()).await {
+                Ok(Some(Ok(Message::Close(Some(frame))))) => {
+                    (u16::from(frame.code), frame.reason.to_string())
+                }
+                other => panic!("expected a close, got {other:?}"),
+            }
+        }
+    };
+    // Verify answers the known desktop too, limited or not.
+    let (_, body) = verify(&s, &key, &print(1), "PC-1").await;
+    assert_eq!(error_code(&body), "LICENSE_REVOKED", "{body}");
+    // A revoked key with a stranger's fingerprint looks like any guess...
+    assert_eq!(
+        close_of(print(7)).await,
+        (4429, "RATE_LIMIT_EXCEEDED".into())
+    );
+    // ...while the license's own desktop is told.
+    assert_eq!(close_of(print(1)).await, (4403, "LICENSE_REVOKED".into()));
+    s.app.stop().await.unwrap();
+}
