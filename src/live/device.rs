@@ -15,7 +15,7 @@
 //! |---|---|
 //! | 4401 | `AUTH_TIMEOUT`, `AUTH_REQUIRED`, `LICENSE_NOT_FOUND` (unknown key or device, alike) |
 //! | 4429 | `RATE_LIMIT_EXCEEDED` (the network used up verify's budget of failed attempts, and the desktop is not one its license knows) |
-//! | 4429 | `TOO_MANY_CONNECTIONS` (the device already has [`MAX_SOCKETS_PER_DEVICE`] sockets on this instance) |
+//! | 4429 | `TOO_MANY_CONNECTIONS` (the device already has [`MAX_SOCKETS_PER_DEVICE`] sockets on this instance, or its network [`MAX_AUTHENTICATING_PER_NETWORK`] sockets waiting for their auth message) |
 //! | 4403 | `LICENSE_REVOKED`, `DEVICE_BLOCKED` |
 //! | 4408 | `TOO_SLOW` |
 //! | 1001 | `SERVER_SHUTTING_DOWN` |
@@ -46,6 +46,9 @@ const TOO_MANY_ATTEMPTS: u16 = 4429;
 use crate::state::AppState;
 
 const MAX_CLIENT_MESSAGE: usize = 4 * 1024;
+/// Sockets one client network (as verify's limit counts it) may have waiting for their auth
+/// message at once: each is held up to `WS_AUTH_TIMEOUT_MS` for nothing.
+pub const MAX_AUTHENTICATING_PER_NETWORK: usize = 16;
 /// Sockets one device may hold open on one instance: the app and a restart's overlap, with
 /// room to spare; more would only be a way to hold the server's memory.
 pub const MAX_SOCKETS_PER_DEVICE: usize = 4;
@@ -62,6 +65,8 @@ pub struct DeviceHub {
 
 #[derive(Default)]
 struct Hub {
+    /// Sockets per client network still waiting for their auth message.
+    authenticating: HashMap<std::net::IpAddr, usize>,
     connected: HashMap<Uuid, usize>,
     /// The last cursor a socket of the device was sent.
     delivered: HashMap<Uuid, Cursor>,
@@ -70,6 +75,28 @@ struct Hub {
 impl DeviceHub {
     fn lock(&self) -> std::sync::MutexGuard<'_, Hub> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts a socket of `network` waiting for its auth message; false (and not counted)
+    /// when the network has [`MAX_AUTHENTICATING_PER_NETWORK`] already.
+    fn start_auth(&self, network: std::net::IpAddr) -> bool {
+        let mut hub = self.lock();
+        let waiting = hub.authenticating.entry(network).or_default();
+        if *waiting >= MAX_AUTHENTICATING_PER_NETWORK {
+            return false;
+        }
+        *waiting += 1;
+        true
+    }
+
+    fn end_auth(&self, network: std::net::IpAddr) {
+        let mut hub = self.lock();
+        if let Some(waiting) = hub.authenticating.get_mut(&network) {
+            *waiting -= 1;
+            if *waiting == 0 {
+                hub.authenticating.remove(&network);
+            }
+        }
     }
 
     /// Counts a socket of `device`; false (and not counted) when it has its maximum.
@@ -164,7 +191,13 @@ async fn session(
     state: &AppState,
     limiter_key: std::net::IpAddr,
 ) -> Option<(u16, &'static str)> {
-    let first = match timeout(state.config.ws_auth_timeout, first_text(socket)).await {
+    let hub = &state.live.devices;
+    if !hub.start_auth(limiter_key) {
+        return Some((TOO_MANY_ATTEMPTS, "TOO_MANY_CONNECTIONS"));
+    }
+    let first = timeout(state.config.ws_auth_timeout, first_text(socket)).await;
+    hub.end_auth(limiter_key);
+    let first = match first {
         Err(_) => return Some((close::UNAUTHORIZED, "AUTH_TIMEOUT")),
         Ok(None) => return None,
         Ok(Some(text)) => text,
@@ -208,7 +241,6 @@ async fn session(
         known.status,
         known.master,
     );
-    let hub = &state.live.devices;
     if !hub.connect(device_id) {
         return Some((TOO_MANY_ATTEMPTS, "TOO_MANY_CONNECTIONS"));
     }

@@ -947,3 +947,43 @@ async fn a_limited_network_learns_nothing_of_a_license_on_ws_device(pool: PgPool
     assert_eq!(close_of(print(1)).await, (4403, "LICENSE_REVOKED".into()));
     s.app.stop().await.unwrap();
 }
+
+#[testkit::test(migrations = false)]
+async fn a_network_holds_at_most_sixteen_sockets_waiting_to_authenticate(pool: PgPool) {
+    let s = setup(pool).await;
+    let url = format!("{}/ws/device", s.app.base.replace("http://", "ws://"));
+    let mut waiting = Vec::new();
+    for _ in 0..16 {
+        waiting.push(connect_async(&url).await.unwrap().0);
+    }
+    // The hub counts a socket once its task runs; give the sixteen a moment.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (mut one_more, _) = connect_async(&url).await.unwrap();
+    match tokio::time::timeout(Duration::from_secs(3), one_more.next()).await {
+        Ok(Some(Ok(Message::Close(Some(frame))))) => assert_eq!(
+            (u16::from(frame.code), frame.reason.as_str()),
+            (4429, "TOO_MANY_CONNECTIONS")
+        ),
+        other => panic!("expected a close, got {other:?}"),
+    }
+    // One of them authenticates (and fails): its place is free again.
+    waiting[0]
+        .send(Message::text(
+            json!({"type": "auth", "licenseKey": "DOMIZAN-NOPE-NOPE-NOPE", "fingerprint": print(1)})
+                .to_string(),
+        ))
+        .await
+        .unwrap();
+    match tokio::time::timeout(Duration::from_secs(3), waiting[0].next()).await {
+        Ok(Some(Ok(Message::Close(Some(frame))))) => assert_eq!(u16::from(frame.code), 4401),
+        other => panic!("expected a close, got {other:?}"),
+    }
+    let (mut again, _) = connect_async(&url).await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), again.next())
+            .await
+            .is_err(),
+        "a freed place is given again (the socket waits for its auth message)"
+    );
+    s.app.stop().await.unwrap();
+}
