@@ -38,20 +38,77 @@ use crate::error::{AppError, AppResult};
 use crate::http::context::RequestContext;
 use crate::http::extract::AppJson;
 use crate::leads::contact;
-use crate::ratelimit::KeyedLimiter;
+use crate::ratelimit::{Attempt, KeyedLimiter};
 use crate::state::AppState;
 
-/// Failed verifies (unknown or malformed key) a client network may make per minute.
+/// Key lookups a client network (IPv4 address, IPv6 /64) may make per minute, beyond those
+/// for valid keys.
 pub const VERIFY_FAILURES_PER_MINUTE: u32 = 20;
+/// The same for a whole IPv6 /48 (one site's allocation, e.g. a free tunnel broker's): an
+/// attacker holding one has 65 536 /64s, each with its own budget.
+pub const VERIFY_FAILURES_PER_SITE_MINUTE: u32 = 100;
 /// How long an admin's device change waits for a connected desktop to receive it.
 const NOTIFY_WAIT: Duration = Duration::from_secs(2);
 /// The message a pending device shows (seed 002 §4).
 pub const PENDING_MESSAGE: &str =
     "Bu cihaz onay bekliyor. Admin onayladıktan sonra kullanabilirsiniz.";
 
-/// The per-network counter of failed verifies (per instance).
-pub fn failure_limiter() -> KeyedLimiter<IpAddr> {
-    KeyedLimiter::new(VERIFY_FAILURES_PER_MINUTE, Duration::from_secs(60))
+/// The budget of key lookups per client network and, for IPv6, per /48 (per instance).
+pub struct GuessLimiter {
+    network: KeyedLimiter<IpAddr>,
+    site: KeyedLimiter<IpAddr>,
+}
+
+/// A lookup counted by [`GuessLimiter::attempt`].
+#[derive(Clone, Copy, Debug)]
+pub struct Guess {
+    network: (IpAddr, Attempt),
+    site: Option<(IpAddr, Attempt)>,
+}
+
+impl Default for GuessLimiter {
+    fn default() -> Self {
+        let minute = Duration::from_secs(60);
+        Self {
+            network: KeyedLimiter::new(VERIFY_FAILURES_PER_MINUTE, minute),
+            site: KeyedLimiter::new(VERIFY_FAILURES_PER_SITE_MINUTE, minute),
+        }
+    }
+}
+
+impl GuessLimiter {
+    /// Counts a lookup from `network` (a [`crate::http::client_ip::rate_key`]); `Err`
+    /// (seconds to wait) when the network or its /48 has used its budget.
+    pub fn attempt(&self, network: IpAddr, now: Instant) -> Result<Guess, u64> {
+        let counted = self.network.attempt(&network, now)?;
+        let site = match network {
+            IpAddr::V6(v6) => {
+                let site = IpAddr::V6(std::net::Ipv6Addr::from(
+                    u128::from(v6) & !((1u128 << 80) - 1),
+                ));
+                match self.site.attempt(&site, now) {
+                    Ok(attempt) => Some((site, attempt)),
+                    Err(retry_after) => {
+                        self.network.refund(&network, counted);
+                        return Err(retry_after);
+                    }
+                }
+            }
+            IpAddr::V4(_) => None,
+        };
+        Ok(Guess {
+            network: (network, counted),
+            site,
+        })
+    }
+
+    /// Takes a lookup back (the key was valid).
+    pub fn refund(&self, guess: Guess) {
+        self.network.refund(&guess.network.0, guess.network.1);
+        if let Some((site, attempt)) = guess.site {
+            self.site.refund(&site, attempt);
+        }
+    }
 }
 
 pub fn desktop_router() -> Router<AppState> {
@@ -247,8 +304,8 @@ async fn lookup(
     limiter_key: IpAddr,
     known_only: bool,
 ) -> AppResult<Found> {
-    let limiter = &state.licenses.verify_failures;
-    let attempt = limiter.attempt(&limiter_key, Instant::now());
+    let limiter = &state.licenses.verify_guesses;
+    let attempt = limiter.attempt(limiter_key, Instant::now());
     let key = header(headers, "x-license-key")
         .filter(|k| keys::looks_like_key(k))
         .map(keys::normalise_key);
@@ -281,7 +338,7 @@ async fn lookup(
     };
     match (found, attempt) {
         (Some(found), Ok(attempt)) => {
-            limiter.refund(&limiter_key, attempt);
+            limiter.refund(attempt);
             Ok(found)
         }
         (Some(found), Err(_)) if known_device(&found.entry.row) => Ok(found),
@@ -693,6 +750,33 @@ mod tests {
         assert_eq!(until, Utc.with_ymd_and_hms(2026, 4, 1, 0, 0, 0).unwrap());
         // Expired: never in the past.
         assert!(answer_changes(now - chrono::Duration::days(1), now) > now);
+    }
+
+    #[test]
+    fn an_ipv6_site_has_one_budget_across_its_networks() {
+        let limiter = GuessLimiter::default();
+        let now = Instant::now();
+        let network = |n: u16| IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 7, n, 0, 0, 0, 0));
+        // Five /64s of one /48, twenty guesses each: the /48's hundred.
+        for n in 0..5 {
+            for _ in 0..VERIFY_FAILURES_PER_MINUTE {
+                assert!(limiter.attempt(network(n), now).is_ok());
+            }
+        }
+        assert!(limiter.attempt(network(6), now).is_err());
+        // A refunded (valid) lookup gives its place back to both.
+        let other = IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 8, 0, 0, 0, 0, 0));
+        let guess = limiter.attempt(other, now).unwrap();
+        limiter.refund(guess);
+        for _ in 0..VERIFY_FAILURES_PER_MINUTE {
+            assert!(limiter.attempt(other, now).is_ok());
+        }
+        // IPv4 addresses count alone.
+        let v4: IpAddr = "192.0.2.1".parse().unwrap();
+        for _ in 0..VERIFY_FAILURES_PER_MINUTE {
+            assert!(limiter.attempt(v4, now).is_ok());
+        }
+        assert!(limiter.attempt(v4, now).is_err());
     }
 
     #[test]

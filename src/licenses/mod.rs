@@ -141,7 +141,7 @@ pub struct LicenseService {
     /// Wakes the mail worker when a license e-mail was queued.
     pub mail_wakeup: tokio::sync::Notify,
     /// Failed verifies per client network (brute-forcing keys).
-    pub verify_failures: crate::ratelimit::KeyedLimiter<std::net::IpAddr>,
+    pub verify_guesses: devices::GuessLimiter,
     /// What verify answers from (ADR 0011).
     pub view: view::VerifyView,
     /// When desktops were last seen, waiting to be written.
@@ -166,7 +166,7 @@ impl LicenseService {
             mailer,
             public_base_url,
             mail_wakeup: tokio::sync::Notify::new(),
-            verify_failures: devices::failure_limiter(),
+            verify_guesses: devices::GuessLimiter::default(),
             view: view::VerifyView::default(),
             activity: activity::Activity::default(),
         }

@@ -212,8 +212,8 @@ async fn session(
     // taken back for a known desktop: a socket is no way around it to test license keys, and
     // a limited network's known desktops still connect. Only a known device learns the
     // state of its license (revoked, blocked).
-    let failures = &state.licenses.verify_failures;
-    let attempt = failures.attempt(&limiter_key, std::time::Instant::now());
+    let failures = &state.licenses.verify_guesses;
+    let attempt = failures.attempt(limiter_key, std::time::Instant::now());
     // Subscribe before reading the device, so nothing between the two is missed.
     let mut subscription = state.live.subscribe();
     let known = match authenticate(state, &auth, attempt.is_err()).await {
@@ -227,7 +227,7 @@ async fn session(
         });
     };
     if let Ok(attempt) = attempt {
-        failures.refund(&limiter_key, attempt);
+        failures.refund(attempt);
     }
     if known.revoked {
         return Some((FORBIDDEN, "LICENSE_REVOKED"));
