@@ -188,6 +188,12 @@ impl AppState {
                     "subscriptions": live.subscriptions,
                     "sockets": live.sockets,
                 },
+                // Informative: verify works either way (from the read model while the view
+                // is not followed), only slower.
+                "verifyView": {
+                    "following": self.licenses.view.is_following(),
+                    "entries": self.licenses.view.len(),
+                },
             }),
         }
     }

@@ -255,6 +255,22 @@ async fn the_first_device_is_approved_master_and_answers_as_seed_002(pool: PgPoo
     .await;
     assert_eq!(detail["data"]["currentDevices"], 1);
     assert!(detail["data"]["lastActiveAt"].is_string());
+    // The desktop is answered from memory (ADR 0011).
+    let ready: Value = s
+        .app
+        .client
+        .get(s.app.url("/ready"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        ready["data"]["verifyView"],
+        json!({"following": true, "entries": 1}),
+        "{ready}"
+    );
     s.app.stop().await.unwrap();
 }
 
