@@ -140,7 +140,10 @@ impl AppState {
         cursor: Cursor,
     ) -> Result<(), AppError> {
         self.wait_for(projections::licenses::NAME, cursor).await?;
-        self.licenses.view.reload(&self.pool, license_id).await;
+        self.licenses
+            .view
+            .reload_or_warn(&self.pool, Some(&[license_id]))
+            .await;
         Ok(())
     }
 
@@ -188,6 +191,8 @@ impl AppState {
                     "subscriptions": live.subscriptions,
                     "sockets": live.sockets,
                 },
+                // Informative: verify works either way (from the read model while the view
+                // is not followed), only slower.
                 // Informative: verify works either way (from the read model while the view
                 // is not followed), only slower.
                 "verifyView": {

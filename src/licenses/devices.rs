@@ -278,7 +278,7 @@ struct Found {
 }
 
 /// A device the license knows and has not released: a desktop that has been here before.
-fn known_device(row: &VerifyRow) -> bool {
+pub fn known_device(row: &VerifyRow) -> bool {
     row.device_id.is_some()
         && row
             .device_status

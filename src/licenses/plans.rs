@@ -209,7 +209,7 @@ async fn respond(
     if let Some(cursor) = cursor {
         state.wait_for(read::NAME, cursor).await?;
         // A plan's features are part of every verify answer of its licenses.
-        state.licenses.view.reload_all(&state.pool).await;
+        state.licenses.view.reload_or_warn(&state.pool, None).await;
     }
     let plan = read::by_id(&state.pool, id)
         .await?

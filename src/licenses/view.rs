@@ -221,22 +221,27 @@ impl VerifyView {
         }
     }
 
-    /// Drops the entries of `license_id` and loads them again from the read model: the view
-    /// keeps holding every known device (a limited network's verify relies on it). Call
-    /// after the read model has the change. If the load fails the entries stay dropped and
-    /// the next verify of each device reads the read model.
-    pub async fn reload(&self, pool: &sqlx::PgPool, license_id: Uuid) {
-        self.drop_license(license_id);
-        if let Err(e) = self.load(pool, Some(&[license_id])).await {
-            tracing::warn!(error = %e, license.id = %license_id, "reloading a license into the verify view failed");
+    /// Drops the entries of the licenses in `only` (of all, with `None`) and loads them
+    /// again from the read model, so the view keeps holding every known device (a limited
+    /// network's verify relies on it). Call after the read model has the change. If the
+    /// load fails the entries stay dropped and the next verify of each reads the read model.
+    pub async fn reload(
+        &self,
+        pool: &sqlx::PgPool,
+        only: Option<&[Uuid]>,
+    ) -> Result<usize, sqlx::Error> {
+        match only {
+            Some(licenses) => licenses.iter().for_each(|id| self.drop_license(*id)),
+            None => self.drop_all(),
         }
+        self.load(pool, only).await
     }
 
-    /// [`VerifyView::reload`] for every license (a plan's features changed).
-    pub async fn reload_all(&self, pool: &sqlx::PgPool) {
-        self.drop_all();
-        if let Err(e) = self.load(pool, None).await {
-            tracing::warn!(error = %e, "reloading the verify view failed");
+    /// [`VerifyView::reload`] for a caller that has already answered for the change and
+    /// cannot retry: a failure is logged, and verify falls back to the read model.
+    pub async fn reload_or_warn(&self, pool: &sqlx::PgPool, only: Option<&[Uuid]>) {
+        if let Err(e) = self.reload(pool, only).await {
+            tracing::warn!(error = %e, "reloading the verify view failed; verify reads the read model for what was dropped");
         }
     }
 
@@ -289,9 +294,7 @@ async fn drop_changed(state: &AppState, events: &[StoredEvent]) -> Result<(), Ap
         match event.stream.aggregate_type.as_str() {
             aggregates::license::AGGREGATE_TYPE => {
                 if let Ok(id) = event.stream.aggregate_id.parse::<Uuid>() {
-                    if !licenses.contains(&id) {
-                        licenses.push(id);
-                    }
+                    licenses.push(id);
                     last_license = Some(event.cursor);
                 }
             }
@@ -299,20 +302,17 @@ async fn drop_changed(state: &AppState, events: &[StoredEvent]) -> Result<(), Ap
             _ => {}
         }
     }
+    licenses.sort_unstable();
+    licenses.dedup();
+    if let Some(cursor) = last_license {
+        state.wait_for(projections::licenses::NAME, cursor).await?;
+    }
     let view = &state.licenses.view;
     if let Some(cursor) = last_plan {
         state.wait_for(projections::plans::NAME, cursor).await?;
-        if let Some(cursor) = last_license {
-            state.wait_for(projections::licenses::NAME, cursor).await?;
-        }
-        view.drop_all();
-        view.load(&state.pool, None).await?;
-    } else if let Some(cursor) = last_license {
-        state.wait_for(projections::licenses::NAME, cursor).await?;
-        for id in &licenses {
-            view.drop_license(*id);
-        }
-        view.load(&state.pool, Some(&licenses)).await?;
+        view.reload(&state.pool, None).await?;
+    } else if last_license.is_some() {
+        view.reload(&state.pool, Some(&licenses)).await?;
     }
     Ok(())
 }

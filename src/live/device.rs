@@ -333,26 +333,28 @@ async fn authenticate(
     };
     let digest = state.licenses.key_digest(key);
     let view = &state.licenses.view;
-    let row = match view.get(&digest, &print) {
-        Some(entry) => Some(entry.row.clone()),
-        None if limited && view.is_following() => None,
-        None => projections::licenses::for_verify(&state.pool, &digest, &print)
+    let entry = match view.get(&digest, &print) {
+        Some(entry) => entry,
+        None if limited && view.is_following() => return Ok(None),
+        None => match projections::licenses::for_verify(&state.pool, &digest, &print)
             .await
-            .map_err(|_| (close::INTERNAL_ERROR, "INTERNAL_ERROR"))?,
+            .map_err(|_| (close::INTERNAL_ERROR, "INTERNAL_ERROR"))?
+        {
+            Some(row) => std::sync::Arc::new(crate::licenses::view::Entry::uncached(row)),
+            None => return Ok(None),
+        },
     };
-    let Some(row) = row else {
-        return Ok(None);
-    };
-    Ok(match (row.device_id, row.device_status.as_deref()) {
-        (Some(id), Some(status @ ("pending" | "approved" | "blocked"))) => Some(KnownDevice {
+    let row = &entry.row;
+    Ok(row
+        .device_id
+        .filter(|_| crate::licenses::devices::known_device(row))
+        .map(|id| KnownDevice {
             license_id: row.license_id,
             device_id: id,
-            status: status.to_string(),
+            status: row.device_status.clone().unwrap_or_default(),
             master: row.is_master.unwrap_or(false),
             revoked: row.state() == aggregates::license::LicenseState::Revoked,
-        }),
-        _ => None,
-    })
+        }))
 }
 
 async fn first_text(socket: &mut WebSocket) -> Option<String> {

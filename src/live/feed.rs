@@ -313,7 +313,7 @@ async fn moved(state: &AppState, position: Cursor) -> Option<Cursor> {
     metrics::counter!("live_feed_restarts_total").increment(1);
     state.live.restart(head);
     // What the feed passed before the move may be gone or renumbered: read it all again.
-    state.licenses.view.reload_all(&state.pool).await;
+    state.licenses.view.reload_or_warn(&state.pool, None).await;
     Some(head)
 }
 
