@@ -110,5 +110,6 @@ async fn sample_database(state: &AppState) -> AppResult<()> {
     // A prepared transaction left behind holds the fence with no session to show for it.
     metrics::gauge!("eventstore_prepared_xacts").set(fence.prepared_xacts as f64);
     metrics::gauge!("websocket_connections").set(live.sockets as f64);
+    metrics::gauge!("verify_view_entries").set(state.licenses.view.len() as f64);
     Ok(())
 }

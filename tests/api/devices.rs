@@ -268,9 +268,20 @@ async fn the_first_device_is_approved_master_and_answers_as_seed_002(pool: PgPoo
         .unwrap();
     assert_eq!(
         ready["data"]["verifyView"],
-        json!({"following": true, "entries": 1}),
+        json!({"following": true}),
         "{ready}"
     );
+    let metrics = s
+        .app
+        .client
+        .get(s.app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("verify_view_entries 1"), "{metrics}");
     s.app.stop().await.unwrap();
 }
 
